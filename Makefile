@@ -1,0 +1,29 @@
+# One command for the tests and one for the demo, each sets up .venv on its own.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: test test-all demo bench clean
+
+$(STAMP): pyproject.toml
+	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
+	# torch first, pinned: these wheels come from the machine's disk; a newer torch downloads gigabytes.
+	$(BIN)/pip install -q torch==2.14.1 torchvision==0.29.1
+	$(BIN)/pip install -q -e ".[dev]"
+	touch $(STAMP)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+test-all: $(STAMP)
+	$(BIN)/python -m pytest -q -m ""
+
+demo: $(STAMP)
+	$(BIN)/dim-ssl compare configs/quickstart.yaml
+
+bench: $(STAMP)
+	$(BIN)/dim-ssl bench
+
+clean:
+	rm -rf $(VENV) runs

@@ -1,0 +1,157 @@
+"""``TimmEncoder``: any timm backbone as a DIM encoder E = f o C.
+
+C(x) is an intermediate stage of the backbone (the local feature map), read through timm's one
+documented path to intermediate features, ``forward_intermediates``, which treats CNNs and ViTs
+alike (a ViT's patch tokens come back as a grid, prefix tokens dropped). The summary
+y = f(C(x)) is an MLP (hidden 1024, as in the paper) on the backbone's pooled final features.
+"""
+
+from __future__ import annotations
+
+import difflib
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+POSITIONS = ("conv", "fc", "y", "pool")
+
+
+class TimmEncoder(nn.Module):
+    """A timm model split into a local feature map and a global summary for DIM.
+
+    Args:
+        model_name: any timm model name with ``forward_intermediates`` (``timm.list_models()``).
+        global_dim: D, size of the summary y (paper: 64).
+        in_chans: input channels (1 for grayscale data).
+        feature_stage: index into ``backbone.feature_info`` of the stage that gives the local
+            map. By default, the deepest stage before the last whose map is at least
+            ``min_map_size`` wide for ``input_size`` inputs (for a resnet18 at 32x32: layer2,
+            128 x 4 x 4). Deeper stages see more of the image per location; too deep and the
+            map has too few locations for the local term to mean anything.
+        hidden_dim: hidden width of the MLP that computes y (paper: 1024).
+        input_size: the image size the stage choice is made for (a ViT's own ``img_size`` wins).
+        min_map_size: the smallest map width the default stage may have.
+        **timm_kwargs: passed to ``timm.create_model`` unchanged (``img_size=64``, ``drop_path_rate``...).
+
+    Raises:
+        ValueError: for an unknown model name, a model without ``forward_intermediates`` or
+            ``feature_info``, or a stage index that does not exist.
+
+    Examples:
+        >>> encoder = TimmEncoder("resnet18", global_dim=64, in_chans=1)
+        >>> feature_map, y = encoder(torch.randn(8, 1, 32, 32))   # (8, 128, 4, 4), (8, 64)
+    """
+
+    def __init__(
+        self,
+        model_name: str,
+        global_dim: int = 64,
+        in_chans: int = 3,
+        feature_stage: int | None = None,
+        hidden_dim: int = 1024,
+        input_size: int = 32,
+        min_map_size: int = 4,
+        **timm_kwargs: Any,
+    ) -> None:
+        super().__init__()
+        import timm  # imported here so that `import dim_ssl` stays light
+
+        if not timm.is_model(model_name):
+            close = difflib.get_close_matches(model_name, timm.list_models(), n=5, cutoff=0.6)
+            hint = f"; did you mean {', '.join(close)}?" if close else "; see timm.list_models()"
+            raise ValueError(f"unknown timm model {model_name!r}{hint}")
+        timm_kwargs.setdefault("pretrained", False)
+        self.backbone = timm.create_model(model_name, num_classes=0, in_chans=in_chans, **timm_kwargs)
+        if not hasattr(self.backbone, "forward_intermediates") or not getattr(self.backbone, "feature_info", None):
+            raise ValueError(
+                f"timm model {model_name!r} cannot give an intermediate feature map: it has no "
+                "forward_intermediates / feature_info; choose a CNN or ViT that has them"
+            )
+
+        self.model_name = model_name
+        self.timm_kwargs = dict(timm_kwargs)
+        self.in_chans = in_chans
+        stages = list(self.backbone.feature_info)
+        input_size = _fixed_input_size(self.backbone) or input_size
+        if feature_stage is None:
+            feature_stage = _default_stage(model_name, stages, input_size, min_map_size)
+        if not -len(stages) <= feature_stage < len(stages):
+            raise ValueError(
+                f"feature_stage={feature_stage} does not exist: {model_name} has {len(stages)} stages "
+                f"({', '.join(str(s['module']) for s in stages)})"
+            )
+        self.feature_stage = feature_stage % len(stages)
+        self.feature_channels: int = int(stages[self.feature_stage]["num_chs"])
+        self.feature_reduction: int = int(stages[self.feature_stage]["reduction"])
+        self.global_dim = global_dim
+        # What forward_head(pre_logits=True) returns: some models (MobileNetV3) add a
+        # pre-logits layer whose width differs from the last stage's.
+        self.pooled_dim: int = int(getattr(self.backbone, "head_hidden_size", None) or self.backbone.num_features)
+
+        # f's head: FC 1024 + BN + ReLU, then linear to y (the paper's encoder).
+        self.fc = nn.Sequential(
+            nn.Linear(self.pooled_dim, hidden_dim, bias=False),
+            nn.BatchNorm1d(hidden_dim),
+            nn.ReLU(inplace=True),
+        )
+        self.to_summary = nn.Linear(hidden_dim, global_dim)
+
+    def _encode(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Returns (feature map, pooled features, fc hidden, y) from one backbone pass."""
+        if x.dim() != 4 or x.shape[1] != self.in_chans:
+            raise ValueError(
+                f"expected images of shape (N, {self.in_chans}, H, W); got {tuple(x.shape)}"
+                + (" (set in_chans to the data's channels)" if x.dim() == 4 else "")
+            )
+        final, (local,) = self.backbone.forward_intermediates(x, indices=[self.feature_stage])
+        pooled = self.backbone.forward_head(final, pre_logits=True)
+        # The map that enters the MI terms is post-ReLU (the paper found this matters); a
+        # ViT's tokens or a ConvNeXt's normalised stage output are not, on their own.
+        feature_map = F.relu(local)
+        hidden = self.fc(pooled)
+        return feature_map, pooled, hidden, self.to_summary(hidden)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """``x -> (feature_map (N, C, M, M), y (N, D))``."""
+        feature_map, _, _, y = self._encode(x)
+        return feature_map, y
+
+    @torch.no_grad()
+    def features(self, x: Tensor, position: str = "pool") -> Tensor:
+        """Frozen features for probes, ``(N, F)``, without gradients.
+
+        Positions: ``"conv"`` (flattened local map), ``"fc"`` (the MLP's hidden layer),
+        ``"y"`` (the summary) and ``"pool"`` (the backbone's pooled features). Call
+        ``encoder.eval()`` first so that BatchNorm uses its running statistics.
+        """
+        if position not in POSITIONS:
+            raise ValueError(f"unknown position {position!r}; expected one of {', '.join(POSITIONS)}")
+        feature_map, pooled, hidden, y = self._encode(x)
+        return {"conv": feature_map.flatten(1), "fc": hidden, "y": y, "pool": pooled}[position]
+
+    def feature_map_size(self, input_size: int) -> int:
+        """Width M of the local map for square inputs of ``input_size`` pixels."""
+        return max(1, input_size // self.feature_reduction)
+
+
+def _fixed_input_size(backbone: nn.Module) -> int | None:
+    patch_embed = getattr(backbone, "patch_embed", None)
+    size = getattr(patch_embed, "img_size", None)
+    if size is None:
+        return None
+    return int(size[0] if isinstance(size, (tuple, list)) else size)
+
+
+def _default_stage(model_name: str, stages: list[dict], input_size: int, min_map_size: int) -> int:
+    wide_enough = [i for i, stage in enumerate(stages) if input_size // int(stage["reduction"]) >= min_map_size]
+    if not wide_enough:
+        raise ValueError(
+            f"no stage of {model_name} gives a feature map of at least {min_map_size}x{min_map_size} "
+            f"for {input_size}x{input_size} inputs (reductions: {[s['reduction'] for s in stages]}); "
+            "use larger images, a smaller patch size, or pass feature_stage= (and min_map_size=)"
+        )
+    # The deepest such stage, but keep at least one stage after it for f to build on.
+    before_last = [i for i in wide_enough if i < len(stages) - 1]
+    return (before_last or wide_enough)[-1]

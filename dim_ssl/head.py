@@ -1,0 +1,283 @@
+"""``DIMHead``: the Deep InfoMax objective as one module that drops into any training loop.
+
+Hjelm et al. 2019, eq. 8: the encoder maximises
+
+    alpha * I(X; E(X))  +  beta / M^2 * sum_i I(X^(i); E(X))
+
+(the global and the local term, each a lower bound from ``dim_ssl.estimators``), and plays the
+prior game of ``dim_ssl.prior`` with weight gamma. ``DIMHead(feature_map, y).loss`` is the one
+number to minimise: ``-(alpha * I_global + beta * I_local) + gamma * prior``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+import torch
+from torch import Tensor, nn
+
+from dim_ssl.critics import GlobalConcatCritic, GlobalDotCritic, LocalConcatCritic, LocalDotCritic
+from dim_ssl.distributed import all_reduce_log_sum_exp, gather_with_grad
+from dim_ssl.estimators import check_estimator, mi_lower_bound_from_pairs, mi_lower_bound_offset
+from dim_ssl.negatives import NEGATIVE_MODES, gather_locations, shuffled_partners
+from dim_ssl.prior import PRIORS, PriorMatching
+
+CRITICS = ("dot", "concat")
+
+# The paper's two headline models (Hjelm et al. 2019, section 4.2).
+PRESETS: dict[str, dict[str, float]] = {
+    "dim_l": {"alpha": 0.0, "beta": 1.0, "gamma": 0.1},
+    "dim_g": {"alpha": 1.0, "beta": 0.0, "gamma": 1.0},
+}
+
+
+@dataclass
+class DIMOutput:
+    """What ``DIMHead`` returns.
+
+    Attributes:
+        loss: the objective to minimise, with gradients for encoder, critics and discriminator.
+        global_mi: the global MI bound in nats (detached); NaN when alpha == 0 (not computed).
+        local_mi: the local MI bound in nats, averaged over locations (detached); NaN when beta == 0.
+        prior_loss: the prior discriminator's cross-entropy (detached): about log 4 = 1.386 when
+            it cannot tell prior samples from the encoder's outputs; NaN without a prior term.
+        prior_encoder_loss: the encoder's adversarial loss ``-log D(E(x))`` (detached).
+    """
+
+    loss: Tensor
+    global_mi: Tensor
+    local_mi: Tensor
+    prior_loss: Tensor
+    prior_encoder_loss: Tensor
+
+
+class DIMHead(nn.Module):
+    """Deep InfoMax head: critics, MI estimators, negatives and the prior adversary in one module.
+
+    Follows Hjelm et al., "Learning deep representations by mutual information estimation and
+    maximization", ICLR 2019. Build it next to any encoder that returns a local feature map
+    ``(N, C, M, M)`` and a summary ``y`` of size D; one optimizer over encoder and head
+    parameters and one ``loss.backward()`` train everything, the prior adversary included.
+
+    Args:
+        local_channels: C, channels of the local feature map.
+        global_dim: D, size of the summary vector y.
+        estimator: MI lower bound, ``"jsd"``, ``"infonce"`` or ``"dv"``.
+        critic: ``"dot"`` (encode-and-dot-product) or ``"concat"`` (concat-and-convolve).
+        negatives: ``"all"`` (every other image of the batch; local InfoNCE also takes all their
+            locations, ``(N-1) * M^2`` negatives) or ``"shuffle"`` (one negative per positive,
+            the map shuffled across the batch at each location; the only mode for ``"concat"``).
+        alpha, beta, gamma: weights of the global, local and prior terms.
+        prior: ``"uniform"`` (sigmoid(y) vs U[0,1]^D), ``"gaussian"`` (y vs N(0, I)) or None.
+        gather_distributed: score each rank's summaries against the inputs of every rank
+            (negatives from the global batch) with gradients; loss and DDP-averaged gradients
+            equal one process on the whole batch when ranks hold equal batch sizes.
+        hidden_dim: width of the critics' hidden layers (paper: 512).
+        embed_dim: size of the dot critics' embeddings (paper: 512).
+        gradient_penalty: weight of the prior discriminator's input-gradient penalty (0: off).
+        check_inputs: verify shapes and finiteness on every call (one cheap reduction).
+
+    Raises:
+        ValueError: for an unknown estimator, critic, negatives mode or prior, ``"concat"`` with
+            ``"all"``, negative weights or all weights zero; and in ``forward`` for inputs that do
+            not match the head (channels, global size, batch sizes, a batch of one, NaN or inf).
+
+    Examples:
+        >>> encoder = dim_ssl.TimmEncoder("resnet18", global_dim=64)
+        >>> head = dim_ssl.DIMHead(encoder.feature_channels, encoder.global_dim)
+        >>> optimizer = torch.optim.Adam([*encoder.parameters(), *head.parameters()], lr=1e-4)
+        >>> for images, _ in loader:              # a default DataLoader: one view per image
+        ...     out = head(*encoder(images))
+        ...     optimizer.zero_grad()
+        ...     out.loss.backward()
+        ...     optimizer.step()
+    """
+
+    def __init__(
+        self,
+        local_channels: int,
+        global_dim: int,
+        estimator: str = "jsd",
+        critic: str = "dot",
+        negatives: str = "all",
+        alpha: float = 0.0,
+        beta: float = 1.0,
+        gamma: float = 0.1,
+        prior: str | None = "uniform",
+        gather_distributed: bool = False,
+        hidden_dim: int = 512,
+        embed_dim: int = 512,
+        gradient_penalty: float = 0.0,
+        check_inputs: bool = True,
+    ) -> None:
+        super().__init__()
+        check_estimator(estimator)
+        if critic not in CRITICS:
+            raise ValueError(f"unknown critic {critic!r}; expected one of {', '.join(CRITICS)}")
+        if negatives not in NEGATIVE_MODES:
+            raise ValueError(f"unknown negatives mode {negatives!r}; expected one of {', '.join(NEGATIVE_MODES)}")
+        if critic == "concat" and negatives == "all":
+            raise ValueError(
+                'critic="concat" scores one pair per forward, so all pairs would cost N forwards: '
+                'use negatives="shuffle" with it, or critic="dot" for all-pairs negatives'
+            )
+        if prior is not None and prior not in PRIORS:
+            raise ValueError(f"unknown prior {prior!r}; expected one of {', '.join(PRIORS)} or None")
+        for name, weight in (("alpha", alpha), ("beta", beta), ("gamma", gamma)):
+            if not math.isfinite(weight) or weight < 0:
+                raise ValueError(f"{name} must be a finite weight >= 0; got {weight}")
+        if alpha == 0 and beta == 0 and (gamma == 0 or prior is None):
+            raise ValueError("alpha, beta and gamma are all zero (or gamma without a prior): the head has no objective")
+        for name, size in (("local_channels", local_channels), ("global_dim", global_dim)):
+            if size < 1:
+                raise ValueError(f"{name} must be >= 1; got {size}")
+
+        self.local_channels = local_channels
+        self.global_dim = global_dim
+        self.estimator = estimator
+        self.critic_kind = critic
+        self.negatives = negatives
+        self.alpha, self.beta, self.gamma = float(alpha), float(beta), float(gamma)
+        self.gather_distributed = gather_distributed
+        self.check_inputs = check_inputs
+
+        # Only the networks a term needs, so that every parameter gets a gradient (DDP insists).
+        self.local_critic = self.global_critic = self.prior_matching = None
+        if beta > 0:
+            self.local_critic = (
+                LocalDotCritic(local_channels, global_dim, hidden_dim, embed_dim)
+                if critic == "dot"
+                else LocalConcatCritic(local_channels, global_dim, hidden_dim)
+            )
+        if alpha > 0:
+            self.global_critic = (
+                GlobalDotCritic(local_channels, global_dim, hidden_dim, embed_dim)
+                if critic == "dot"
+                else GlobalConcatCritic(local_channels, global_dim, hidden_dim)
+            )
+        if gamma > 0 and prior is not None:
+            self.prior_matching = PriorMatching(global_dim, prior, gradient_penalty)
+
+    @classmethod
+    def from_preset(cls, preset: str, local_channels: int, global_dim: int, **overrides: Any) -> "DIMHead":
+        """The paper's DIM(L) (``"dim_l"``: alpha=0, beta=1, gamma=0.1) or DIM(G) (``"dim_g"``: 1, 0, 1)."""
+        key = preset.lower().replace("(", "_").replace(")", "").strip("_")
+        if key not in PRESETS:
+            raise ValueError(f"unknown preset {preset!r}; expected one of {', '.join(PRESETS)}")
+        return cls(local_channels, global_dim, **{**PRESETS[key], **overrides})
+
+    def discriminator_parameters(self) -> Iterator[nn.Parameter]:
+        """The prior discriminator's parameters, for users who want a separate optimizer for it."""
+        return iter(()) if self.prior_matching is None else self.prior_matching.parameters()
+
+    def critic_parameters(self) -> Iterator[nn.Parameter]:
+        """The MI critics' parameters (everything but the prior discriminator)."""
+        for critic in (self.local_critic, self.global_critic):
+            if critic is not None:
+                yield from critic.parameters()
+
+    def forward(self, feature_map: Tensor, y: Tensor) -> DIMOutput:
+        """Computes the DIM objective for a batch.
+
+        Args:
+            feature_map: ``(N, C, M, M)`` local features C(x), post-ReLU as in the paper.
+            y: ``(N, D)`` summaries E(x) of the same images.
+        """
+        if self.check_inputs:
+            self._check(feature_map, y)
+        nan = y.new_full((), float("nan"))
+        loss = y.new_zeros(())
+        global_mi = local_mi = prior_loss = prior_encoder_loss = nan
+
+        if self.local_critic is not None:
+            local_mi = self._mi(self.local_critic, feature_map, y, per_location=True)
+            loss = loss - self.beta * local_mi
+        if self.global_critic is not None:
+            global_mi = self._mi(self.global_critic, feature_map, y, per_location=False)
+            loss = loss - self.alpha * global_mi
+        if self.prior_matching is not None:
+            prior = self.prior_matching(y)
+            loss = loss + self.gamma * prior.total
+            prior_loss, prior_encoder_loss = prior.discriminator, prior.encoder
+
+        return DIMOutput(
+            loss=loss,
+            global_mi=global_mi.detach(),
+            local_mi=local_mi.detach(),
+            prior_loss=prior_loss.detach(),
+            prior_encoder_loss=prior_encoder_loss.detach(),
+        )
+
+    def _gather(self, tensor: Tensor) -> tuple[Tensor, int]:
+        return gather_with_grad(tensor) if self.gather_distributed else (tensor, 0)
+
+    def _mi(self, critic: nn.Module, feature_map: Tensor, y: Tensor, per_location: bool) -> Tensor:
+        reduce = all_reduce_log_sum_exp if self.gather_distributed else None
+        count = y.shape[0]
+
+        if self.critic_kind == "dot":
+            inputs, offset = self._gather(critic.embed_inputs(feature_map))  # (N_all, L, E)
+            summaries = critic.embed_summaries(y)  # (n, E)
+            if self.negatives == "all":
+                # Every pair from one matrix product: scores[i, j, l] = <inputs[i, l], summaries[j]>.
+                scores = (inputs @ summaries.T).permute(0, 2, 1)  # (N_all, n, L)
+                if not per_location:
+                    scores = scores.squeeze(-1)
+                return mi_lower_bound_offset(
+                    scores, self.estimator, offset, negatives_across_locations=per_location, reduce_negatives=reduce
+                )
+            partners = shuffled_partners(inputs.shape[0], offset, count, inputs.shape[1], inputs.device)
+            own = inputs[offset : offset + count]
+            positive = (own * summaries[:, None]).sum(-1)  # (n, L)
+            negative = (gather_locations(inputs, partners) * summaries[:, None]).sum(-1)
+            return mi_lower_bound_from_pairs(positive, negative, self.estimator, reduce)
+
+        # Concat-and-convolve: one critic forward for the positives, one for shuffled negatives.
+        maps, offset = self._gather(feature_map)  # (N_all, C, M, M)
+        positive = critic(feature_map, y)  # (n, L)
+        if per_location:
+            partners = shuffled_partners(maps.shape[0], offset, count, maps[0, 0].numel(), maps.device)
+            by_location = maps.flatten(2).transpose(1, 2)  # (N_all, M*M, C)
+            shuffled = gather_locations(by_location, partners).transpose(1, 2).reshape(feature_map.shape)
+        else:
+            partners = shuffled_partners(maps.shape[0], offset, count, 1, maps.device)
+            shuffled = maps[partners[:, 0]]
+        negative = critic(shuffled, y)
+        return mi_lower_bound_from_pairs(positive, negative, self.estimator, reduce)
+
+    def _check(self, feature_map: Tensor, y: Tensor) -> None:
+        if feature_map.dim() != 4:
+            raise ValueError(
+                f"feature_map must be 4-D (N, C, M, M); got shape {tuple(feature_map.shape)}. "
+                "A ViT's tokens need reshaping to a grid (TimmEncoder does this)."
+            )
+        if y.dim() != 2:
+            raise ValueError(f"y must be 2-D (N, D); got shape {tuple(y.shape)}")
+        if feature_map.shape[1] != self.local_channels:
+            raise ValueError(
+                f"feature map has {feature_map.shape[1]} channels; the head was built for {self.local_channels} "
+                "(local_channels=encoder.feature_channels)"
+            )
+        if y.shape[1] != self.global_dim:
+            raise ValueError(
+                f"y has size {y.shape[1]}; the head was built for global_dim={self.global_dim} "
+                "(global_dim=encoder.global_dim)"
+            )
+        if feature_map.shape[0] != y.shape[0]:
+            raise ValueError(
+                f"feature_map holds {feature_map.shape[0]} images but y holds {y.shape[0]}: "
+                "they must come from the same batch"
+            )
+        if y.shape[0] < 2:
+            raise ValueError(
+                "a batch of one image has no in-batch negatives: use a batch size >= 2 "
+                "(DataLoader(drop_last=True) avoids a final batch of one)"
+            )
+        if not (torch.isfinite(feature_map).all() and torch.isfinite(y).all()):
+            which = "feature_map" if not torch.isfinite(feature_map).all() else "y"
+            raise ValueError(
+                f"{which} contains NaN or inf: check the inputs and the learning rate "
+                "(a diverged encoder produces them), or use gradient clipping"
+            )

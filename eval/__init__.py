@@ -1,0 +1,9 @@
+"""The evaluation harness: data, frozen features, probes, baselines, comparisons.
+
+Depends on ``dim_ssl`` through its public API only; ``dim_ssl`` never imports this package.
+"""
+
+from eval.knn import knn_accuracy
+from eval.linear_probe import linear_probe_accuracy
+
+__all__ = ["knn_accuracy", "linear_probe_accuracy"]
