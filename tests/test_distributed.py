@@ -1,0 +1,104 @@
+"""gather_distributed=True: two gloo processes under DDP equal one process on the whole batch."""
+
+import os
+import socket
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from torch import nn
+
+from dim_ssl import DIMHead
+
+BATCH, CHANNELS, GLOBAL_DIM = 8, 5, 4
+CONFIGS = {
+    "jsd": dict(estimator="jsd"),
+    "infonce": dict(estimator="infonce"),
+    "dv": dict(estimator="dv"),
+}
+
+
+class TinyDIM(nn.Module):
+    """Encoder (conv + pooled linear, no BatchNorm) and head in one module, as DDP wraps them."""
+
+    def __init__(self, gather: bool, **head_kwargs) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, CHANNELS, 3, padding=1)
+        self.to_y = nn.Linear(CHANNELS, GLOBAL_DIM)
+        self.head = DIMHead(
+            CHANNELS, GLOBAL_DIM, alpha=0.5, beta=1.0, prior=None, gather_distributed=gather,
+            hidden_dim=16, embed_dim=8, **head_kwargs,
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        feature_map = torch.relu(self.conv(x))
+        return self.head(feature_map, self.to_y(feature_map.mean(dim=(2, 3)))).loss
+
+
+def make_inputs() -> tuple[dict, torch.Tensor]:
+    torch.manual_seed(0)
+    state = {k: v.clone() for k, v in TinyDIM(gather=False).state_dict().items()}
+    return state, torch.randn(BATCH, 3, 4, 4)
+
+
+def single_process(config: str) -> tuple[float, dict[str, torch.Tensor]]:
+    state, x = make_inputs()
+    model = TinyDIM(gather=False, **CONFIGS[config])
+    model.load_state_dict(state)
+    loss = model(x)
+    loss.backward()
+    return loss.item(), {name: p.grad.clone() for name, p in model.named_parameters()}
+
+
+def _worker(rank: int, world_size: int, port: int, config: str, out_dir: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=world_size)
+    try:
+        state, x = make_inputs()
+        model = TinyDIM(gather=True, **CONFIGS[config])
+        model.load_state_dict(state)
+        ddp = nn.parallel.DistributedDataParallel(model)
+        shard = BATCH // world_size
+        loss = ddp(x[rank * shard : (rank + 1) * shard])
+        loss.backward()  # DDP averages gradients over ranks here
+        losses = [torch.zeros(()) for _ in range(world_size)]
+        dist.all_gather(losses, loss.detach())
+        torch.save(
+            {
+                "mean_loss": torch.stack(losses).mean().item(),
+                "grads": {name: p.grad.clone() for name, p in model.named_parameters()},
+            },
+            os.path.join(out_dir, f"rank{rank}.pt"),
+        )
+    finally:
+        dist.destroy_process_group()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.parametrize("config", list(CONFIGS))
+def test_two_gloo_ranks_equal_one_process_on_the_whole_batch(config, tmp_path):
+    expected_loss, expected_grads = single_process(config)
+    mp.spawn(_worker, args=(2, free_port(), config, str(tmp_path)), nprocs=2, join=True)
+    largest = 0.0
+    for rank in range(2):
+        result = torch.load(tmp_path / f"rank{rank}.pt", weights_only=True)
+        assert result["mean_loss"] == pytest.approx(expected_loss, abs=1e-5)
+        for name, grad in expected_grads.items():
+            largest = max(largest, (result["grads"][name] - grad).abs().max().item())
+    print(f"{config}: largest gradient difference to one process {largest:.2e}")
+    assert largest < 1e-5
+
+
+def test_without_process_group_gather_is_the_identity():
+    from dim_ssl.distributed import gather_with_grad
+
+    x = torch.randn(3, 2)
+    gathered, offset = gather_with_grad(x)
+    assert gathered is x and offset == 0

@@ -1,0 +1,169 @@
+"""MI lower bounds against values worked out by hand, and their numerical stability."""
+
+import math
+
+import pytest
+import torch
+
+from dim_ssl import mi_lower_bound
+from dim_ssl.estimators import mi_lower_bound_from_pairs, mi_lower_bound_offset
+
+LOG2 = math.log(2.0)
+
+
+def softplus(v: float) -> float:
+    return math.log1p(math.exp(v))
+
+
+# scores[i, j] = T(x_i, y_j): positives 2 and 3 on the diagonal, negatives -1 and 0.
+SCORES_2X2 = torch.tensor([[2.0, -1.0], [0.0, 3.0]])
+
+
+def test_jsd_2x2_by_hand():
+    # positives: log2 - sp(-2) = 0.566219, log2 - sp(-3) = 0.644560 -> mean 0.605390
+    # negatives: sp(-1) - log2 = -0.379885, sp(0) - log2 = 0 -> mean -0.189943
+    assert mi_lower_bound(SCORES_2X2, "jsd").item() == pytest.approx(0.605390 + 0.189943, abs=1e-5)
+
+
+def test_dv_2x2_by_hand():
+    # mean(2, 3) - log(mean(e^-1, e^0)) = 2.5 - log(0.683940) = 2.5 + 0.379885
+    assert mi_lower_bound(SCORES_2X2, "dv").item() == pytest.approx(2.879885, abs=1e-5)
+
+
+def test_infonce_2x2_by_hand():
+    # column 0 (y_0): candidates x_0 -> 2, x_1 -> 0: 2 - log(e^2 + e^0) = -0.126928
+    # column 1 (y_1): candidates x_0 -> -1, x_1 -> 3: 3 - log(e^-1 + e^3) = -0.018149
+    assert mi_lower_bound(SCORES_2X2, "infonce").item() == pytest.approx(-0.072539, abs=1e-5)
+
+
+SCORES_3X3 = torch.tensor(
+    [
+        [1.0, 0.0, -1.0],
+        [2.0, 0.5, 0.0],
+        [0.0, 1.0, 3.0],
+    ]
+)
+
+
+def test_jsd_3x3_by_hand():
+    positives = [1.0, 0.5, 3.0]
+    negatives = [0.0, -1.0, 2.0, 0.0, 0.0, 1.0]
+    expected = sum(LOG2 - softplus(-s) for s in positives) / 3 - sum(softplus(s) - LOG2 for s in negatives) / 6
+    # positives: (0.379885 + 0.219069 + 0.644560) / 3 = 0.414505
+    # negatives: (0 - 0.379885 + 1.433781 + 0 + 0 + 0.620115) / 6 = 0.279002
+    assert expected == pytest.approx(0.414505 - 0.279002, abs=1e-5)
+    assert mi_lower_bound(SCORES_3X3, "jsd").item() == pytest.approx(expected, abs=1e-5)
+
+
+def test_dv_3x3_by_hand():
+    # mean(1, 0.5, 3) = 1.5; negatives e^0 + e^-1 + e^2 + e^0 + e^0 + e^1 = 13.475217, /6 = 2.245870
+    assert mi_lower_bound(SCORES_3X3, "dv").item() == pytest.approx(1.5 - math.log(2.245870), abs=1e-5)
+
+
+def test_infonce_3x3_by_hand():
+    # column j: scores[j, j] - log sum_i exp(scores[i, j])
+    col0 = 1.0 - math.log(math.e**1 + math.e**2 + math.e**0)
+    col1 = 0.5 - math.log(math.e**0 + math.e**0.5 + math.e**1)
+    col2 = 3.0 - math.log(math.e**-1 + math.e**0 + math.e**3)
+    assert mi_lower_bound(SCORES_3X3, "infonce").item() == pytest.approx((col0 + col1 + col2) / 3, abs=1e-5)
+
+
+def test_infonce_depends_on_summary_side_softmax_not_input_side():
+    # Transposing swaps the roles of x and y; for an asymmetric matrix the bound changes.
+    assert mi_lower_bound(SCORES_3X3, "infonce") != pytest.approx(mi_lower_bound(SCORES_3X3.T, "infonce"))
+
+
+def test_locations_are_averaged():
+    # Two locations with different score matrices: the bound on (N, N, 2) averages positives
+    # and negatives over locations, which for JSD equals the mean of the per-location bounds.
+    stacked = torch.stack([SCORES_2X2, SCORES_3X3[:2, :2]], dim=-1)
+    per_location = [mi_lower_bound(SCORES_2X2, "jsd"), mi_lower_bound(SCORES_3X3[:2, :2], "jsd")]
+    assert mi_lower_bound(stacked, "jsd").item() == pytest.approx(sum(per_location).item() / 2, abs=1e-6)
+    per_location = [mi_lower_bound(SCORES_2X2, "infonce"), mi_lower_bound(SCORES_3X3[:2, :2], "infonce")]
+    assert mi_lower_bound(stacked, "infonce").item() == pytest.approx(sum(per_location).item() / 2, abs=1e-6)
+
+
+def test_dv_with_locations_matches_a_loop_reference():
+    # The public DV bug: a diagonal mask that broadcasts over the wrong axis when N != M^2.
+    torch.manual_seed(0)
+    scores = torch.randn(3, 3, 5)
+    positives, negatives = [], []
+    for i in range(3):
+        for j in range(3):
+            for loc in range(5):
+                (positives if i == j else negatives).append(scores[i, j, loc].item())
+    expected = sum(positives) / len(positives) - math.log(sum(math.exp(s) for s in negatives) / len(negatives))
+    assert mi_lower_bound(scores, "dv").item() == pytest.approx(expected, abs=1e-5)
+
+
+def test_infonce_across_locations_by_hand():
+    # scores[i, j, l] for N = 2 images, 2 locations. For summary j at location l the candidates
+    # are the positive scores[j, j, l] and every location of the other image.
+    scores = torch.tensor([[[1.0, 2.0], [0.0, -1.0]], [[0.5, 0.0], [3.0, 1.0]]])
+    expected = 0.0
+    for j, other in ((0, 1), (1, 0)):
+        for loc in range(2):
+            positive = scores[j, j, loc].item()
+            negatives = [scores[other, j, m].item() for m in range(2)]
+            expected += positive - math.log(math.exp(positive) + sum(math.exp(s) for s in negatives))
+    expected /= 4
+    got = mi_lower_bound(scores, "infonce", negatives_across_locations=True)
+    assert got.item() == pytest.approx(expected, abs=1e-6)
+
+
+@pytest.mark.parametrize("estimator", ["jsd", "infonce", "dv"])
+@pytest.mark.parametrize("magnitude", [1e4, -1e4])
+def test_extreme_scores_give_finite_values_and_gradients(estimator, magnitude):
+    scores = torch.full((3, 3, 4), magnitude)
+    scores[0, 1] = -magnitude
+    scores.requires_grad_(True)
+    value = mi_lower_bound(scores, estimator)
+    value.backward()
+    assert torch.isfinite(value)
+    assert torch.isfinite(scores.grad).all()
+    across = mi_lower_bound(scores, "infonce", negatives_across_locations=True)
+    assert torch.isfinite(across)
+
+
+@pytest.mark.parametrize("estimator", ["jsd", "infonce", "dv"])
+def test_perfect_critic_beats_uninformative_critic(estimator):
+    informative = torch.eye(4) * 10 - 5
+    uninformative = torch.zeros(4, 4)
+    assert mi_lower_bound(informative, estimator) > mi_lower_bound(uninformative, estimator) + 0.5
+    # An uninformative critic bounds MI by ~0 (InfoNCE: exactly 0 only up to log N shift, it is -log N).
+    assert mi_lower_bound(uninformative, "jsd").item() == pytest.approx(0.0, abs=1e-6)
+    assert mi_lower_bound(uninformative, "dv").item() == pytest.approx(0.0, abs=1e-6)
+    assert mi_lower_bound(uninformative, "infonce").item() == pytest.approx(-math.log(4), abs=1e-6)
+
+
+@pytest.mark.parametrize("estimator", ["jsd", "infonce", "dv"])
+def test_rectangular_scores_with_offset_equal_the_rows_of_the_square(estimator):
+    # What one data-parallel rank computes: all candidates against its own summaries.
+    torch.manual_seed(1)
+    scores = torch.randn(4, 4, 3)
+    if estimator == "dv":
+        return  # DV's log-mean does not split over ranks; covered by the distributed test
+    halves = [mi_lower_bound_offset(scores[:, 2 * r : 2 * r + 2], estimator, 2 * r) for r in range(2)]
+    assert ((halves[0] + halves[1]) / 2).item() == pytest.approx(mi_lower_bound(scores, estimator).item(), abs=1e-6)
+
+
+def test_pairs_form_matches_hand_values():
+    positive = torch.tensor([2.0, 3.0])
+    negative = torch.tensor([-1.0, 0.0])
+    jsd = ((LOG2 - softplus(-2)) + (LOG2 - softplus(-3))) / 2 - ((softplus(-1) - LOG2) + (softplus(0) - LOG2)) / 2
+    assert mi_lower_bound_from_pairs(positive, negative, "jsd").item() == pytest.approx(jsd, abs=1e-6)
+    dv = 2.5 - math.log((math.exp(-1) + 1) / 2)
+    assert mi_lower_bound_from_pairs(positive, negative, "dv").item() == pytest.approx(dv, abs=1e-6)
+    nce = ((2 - math.log(math.exp(2) + math.exp(-1))) + (3 - math.log(math.exp(3) + 1))) / 2
+    assert mi_lower_bound_from_pairs(positive, negative, "infonce").item() == pytest.approx(nce, abs=1e-6)
+
+
+def test_bad_arguments_are_refused():
+    with pytest.raises(ValueError, match="unknown estimator 'mine'"):
+        mi_lower_bound(SCORES_2X2, "mine")
+    with pytest.raises(ValueError, match=r"shape \(N, N, \*rest\)"):
+        mi_lower_bound(torch.zeros(2, 3), "jsd")
+    with pytest.raises(ValueError, match="at least two samples"):
+        mi_lower_bound(torch.zeros(1, 1), "jsd")
+    with pytest.raises(ValueError, match="same shape"):
+        mi_lower_bound_from_pairs(torch.zeros(2), torch.zeros(3), "jsd")

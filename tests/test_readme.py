@@ -1,0 +1,22 @@
+"""README.md's training-loop example runs as written."""
+
+import math
+import re
+from pathlib import Path
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+
+
+def python_blocks() -> list[str]:
+    return re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.DOTALL)
+
+
+def test_readme_training_loop_runs(capsys):
+    blocks = python_blocks()
+    assert blocks, "README.md has no python code block"
+    namespace: dict = {}
+    exec(compile(blocks[0], str(README), "exec"), namespace)
+    out = namespace["out"]
+    assert math.isfinite(out.loss.item())
+    assert math.isfinite(out.local_mi.item())
+    assert "local MI" in capsys.readouterr().out
