@@ -20,7 +20,7 @@ References:
 from __future__ import annotations
 
 import math
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -100,36 +100,95 @@ def mi_lower_bound_offset(
             f"positives at rows {positive_offset}..{positive_offset + num_summaries - 1} do not fit in "
             f"{num_candidates} candidate rows"
         )
-    is_positive = _positive_mask(num_candidates, num_summaries, positive_offset, scores.device)
-    # Broadcast the (N_all, n) mask over the trailing location dimensions.
-    is_positive = is_positive.view(num_candidates, num_summaries, *([1] * (scores.dim() - 2)))
-    positive = _diagonal(scores, positive_offset)  # (n, *rest)
+    positive = positive_scores(scores, positive_offset)  # (n, *rest)
+    statistic = negative_statistic(scores, estimator, positive_offset, negatives_across_locations, positive)
+    return bound_from_statistic(
+        positive, statistic, count_negatives(scores.shape), estimator, reduce_negatives
+    )
 
+
+def negative_statistic(
+    scores: Tensor,
+    estimator: str,
+    positive_offset: int = 0,
+    negatives_across_locations: bool = False,
+    positive: Tensor | None = None,
+) -> Tensor:
+    """What an estimator needs from the negatives of ``(rows, n, *rest)`` scores.
+
+    The statistic of a whole score tensor follows from those of its row blocks (candidate
+    images), which is what lets ``dim_ssl.scoring`` score in memory-bounded chunks:
+
+    - jsd: ``sum softplus(s)`` over the negatives, a scalar; blocks add up.
+    - dv: ``logsumexp(s)`` over the negatives, a scalar; blocks combine by ``logsumexp``.
+    - infonce: for every summary j, ``logsumexp`` over its negative candidates ``scores[i, j]``
+      (and over locations when ``negatives_across_locations``): ``(n,)``, else ``(n, *rest)``;
+      blocks combine by ``logsumexp``.
+
+    ``positive_offset`` says where the positives sit in *this* block: ``(j + offset, j)``. It
+    may put some or all of them outside the block (negative, or past its last row).
+    ``positive``: ``positive_scores(scores, positive_offset)`` when the caller has it already
+    (one diagonal view, so one full-size gradient buffer in the backward instead of two).
+    """
+    if positive is None:
+        positive = positive_scores(scores, positive_offset)
+    if estimator == "jsd":
+        # The sum over everything minus the sum over the positives: no mask, no masked copy.
+        # (The diagonal's two gradient contributions cancel exactly: the same softplus'
+        # on the same value.)
+        return F.softplus(scores).sum() - F.softplus(positive).sum()
+    rows, columns = scores.shape[0], scores.shape[1]
+    # An (rows, n, 1, ...) mask, broadcast over the locations rather than materialised.
+    is_positive = _positive_mask(rows, columns, positive_offset, scores.device)
+    negatives = scores.masked_fill(is_positive.view(rows, columns, *([1] * (scores.dim() - 2))), float("-inf"))
+    if estimator == "dv":
+        return torch.logsumexp(negatives, dim=tuple(range(scores.dim())))
+    across = (0, *range(2, scores.dim())) if negatives_across_locations else (0,)
+    return torch.logsumexp(negatives, dim=across)
+
+
+def combine_statistics(statistics: Sequence[Tensor], estimator: str) -> Tensor:
+    """The ``negative_statistic`` of a score tensor from those of its row blocks, in order."""
+    if len(statistics) == 1:
+        return statistics[0]
+    stacked = torch.stack(list(statistics))
+    return stacked.sum(dim=0) if estimator == "jsd" else torch.logsumexp(stacked, dim=0)
+
+
+def bound_from_statistic(
+    positive: Tensor,
+    statistic: Tensor,
+    num_negatives: int,
+    estimator: str,
+    reduce_negatives: Callable[[Tensor, float], tuple[Tensor, float]] | None = None,
+) -> Tensor:
+    """The bound from the positive scores ``(n, *rest)`` and the negatives' ``negative_statistic``.
+
+    ``num_negatives`` is the number of negative scores the statistic covers (JSD and DV).
+    """
     if estimator == "jsd":
         # E_P[-sp(-T)] - E_PxQ[sp(T)], shifted by log 2 on each side (Hjelm et al. eq. 4).
         positive_term = (LOG2 - F.softplus(-positive)).mean()
-        negative_softplus = F.softplus(scores).masked_fill(is_positive, 0.0)
-        num_negatives = _count_negatives(scores, num_summaries)
-        negative_term = negative_softplus.sum() / num_negatives - LOG2
+        negative_term = statistic / num_negatives - LOG2
         return positive_term - negative_term
 
     if estimator == "dv":
         # E_P[T] - log E_PxQ[e^T] (Donsker-Varadhan; Belghazi et al. eq. 2), in log-sum-exp form.
-        negatives = scores.masked_fill(is_positive, float("-inf"))
-        log_sum_exp = torch.logsumexp(negatives.flatten(), dim=0)
-        num_negatives = float(_count_negatives(scores, num_summaries))
+        log_sum_exp, count = statistic, float(num_negatives)
         if reduce_negatives is not None:
-            log_sum_exp, num_negatives = reduce_negatives(log_sum_exp, num_negatives)
-        return positive.mean() - (log_sum_exp - math.log(num_negatives))
+            log_sum_exp, count = reduce_negatives(log_sum_exp, count)
+        return positive.mean() - (log_sum_exp - math.log(count))
 
-    # InfoNCE (van den Oord et al.; Hjelm et al. eq. 5): log-softmax at the positive.
-    if not negatives_across_locations or scores.dim() == 2:
-        return (positive - torch.logsumexp(scores, dim=0)).mean()
-    # Candidates for (j, loc): the positive itself plus every location of the other images.
-    negatives = scores.masked_fill(is_positive, float("-inf"))
-    negative_lse = torch.logsumexp(negatives.transpose(0, 1).flatten(1), dim=1)  # (n,)
-    negative_lse = negative_lse.view(num_summaries, *([1] * (scores.dim() - 2)))
+    # InfoNCE (van den Oord et al.; Hjelm et al. eq. 5): log-softmax at the positive, whose
+    # candidates are the positive itself and the negatives the statistic summed.
+    negative_lse = statistic.view(*statistic.shape, *([1] * (positive.dim() - statistic.dim())))
     return (positive - torch.logaddexp(positive, negative_lse)).mean()
+
+
+def count_negatives(shape: Sequence[int]) -> int:
+    """Negative pairs in ``(N_all, n, *rest)`` scores: every candidate but the positive, per location."""
+    locations = math.prod(shape[2:])
+    return (shape[0] - 1) * shape[1] * locations
 
 
 def mi_lower_bound_from_pairs(
@@ -170,12 +229,7 @@ def _positive_mask(num_candidates: int, num_summaries: int, offset: int, device:
     return rows == columns + offset
 
 
-def _diagonal(scores: Tensor, offset: int) -> Tensor:
+def positive_scores(scores: Tensor, offset: int) -> Tensor:
     """Entries ``scores[j + offset, j, ...]`` as an ``(n, *rest)`` tensor."""
     # torch.diagonal puts the diagonal last; move it back to the front.
     return torch.diagonal(scores, offset=-offset, dim1=0, dim2=1).movedim(-1, 0)
-
-
-def _count_negatives(scores: Tensor, num_summaries: int) -> int:
-    locations = scores[0, 0].numel()
-    return (scores.shape[0] - 1) * num_summaries * locations

@@ -13,16 +13,18 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Iterator
 
 import torch
 from torch import Tensor, nn
 
-from dim_ssl.critics import GlobalConcatCritic, GlobalDotCritic, LocalConcatCritic, LocalDotCritic
-from dim_ssl.distributed import all_reduce_log_sum_exp, gather_with_grad
-from dim_ssl.estimators import check_estimator, mi_lower_bound_from_pairs, mi_lower_bound_offset
+from dim_ssl.critics import DotCritic, GlobalConcatCritic, GlobalDotCritic, LocalConcatCritic, LocalDotCritic
+from dim_ssl.distributed import _gather_sizes, all_reduce_log_sum_exp, gather_with_grad, world_size
+from dim_ssl.estimators import check_estimator, mi_lower_bound_from_pairs
 from dim_ssl.negatives import NEGATIVE_MODES, gather_locations, shuffled_partners
 from dim_ssl.prior import PRIORS, PriorMatching
+from dim_ssl.scoring import all_pairs_bound
 
 CRITICS = ("dot", "concat")
 
@@ -77,7 +79,17 @@ class DIMHead(nn.Module):
         hidden_dim: width of the critics' hidden layers (paper: 512).
         embed_dim: size of the dot critics' embeddings (paper: 512).
         gradient_penalty: weight of the prior discriminator's input-gradient penalty (0: off).
-        check_inputs: verify shapes and finiteness on every call (one cheap reduction).
+        check_inputs: verify shapes and finiteness on every call (one sum per input and one
+            host sync; the exact per-element test runs only when a sum is not finite).
+        max_scores_in_memory: with ``negatives="all"``, the most critic scores held at once.
+            None (default): all ``N_all * n * L`` scores of a term at once, fastest. Otherwise
+            candidate images are scored in blocks of ``max(1, max_scores_in_memory // (n * L))``,
+            each recomputed in the backward (``dim_ssl.scoring``): the same values and
+            gradients, peak memory bounded by one block, about one more critic forward.
+        num_locations: score only this many of the M^2 locations of the local term, a random
+            subset drawn at every call (the same for all images of the batch); None: all.
+            Local InfoNCE then has ``(N - 1) * num_locations`` negatives per positive. Under
+            ``gather_distributed`` each rank draws its own subset.
 
     Raises:
         ValueError: for an unknown estimator, critic, negatives mode or prior, ``"concat"`` with
@@ -111,6 +123,8 @@ class DIMHead(nn.Module):
         embed_dim: int = 512,
         gradient_penalty: float = 0.0,
         check_inputs: bool = True,
+        max_scores_in_memory: int | None = None,
+        num_locations: int | None = None,
     ) -> None:
         super().__init__()
         check_estimator(estimator)
@@ -133,6 +147,9 @@ class DIMHead(nn.Module):
         for name, size in (("local_channels", local_channels), ("global_dim", global_dim)):
             if size < 1:
                 raise ValueError(f"{name} must be >= 1; got {size}")
+        for name, limit in (("max_scores_in_memory", max_scores_in_memory), ("num_locations", num_locations)):
+            if limit is not None and (isinstance(limit, bool) or int(limit) != limit or limit < 1):
+                raise ValueError(f"{name} must be None or an integer >= 1; got {limit!r}")
 
         self.local_channels = local_channels
         self.global_dim = global_dim
@@ -142,6 +159,8 @@ class DIMHead(nn.Module):
         self.alpha, self.beta, self.gamma = float(alpha), float(beta), float(gamma)
         self.gather_distributed = gather_distributed
         self.check_inputs = check_inputs
+        self.max_scores_in_memory = None if max_scores_in_memory is None else int(max_scores_in_memory)
+        self.num_locations = None if num_locations is None else int(num_locations)
 
         # Only the networks a term needs, so that every parameter gets a gradient (DDP insists).
         self.local_critic = self.global_critic = self.prior_matching = None
@@ -214,25 +233,12 @@ class DIMHead(nn.Module):
         return gather_with_grad(tensor) if self.gather_distributed else (tensor, 0)
 
     def _mi(self, critic: nn.Module, feature_map: Tensor, y: Tensor, per_location: bool) -> Tensor:
+        if isinstance(critic, DotCritic):
+            return self._dot_mi(critic, feature_map, y, per_location)
         reduce = all_reduce_log_sum_exp if self.gather_distributed else None
         count = y.shape[0]
-
-        if self.critic_kind == "dot":
-            inputs, offset = self._gather(critic.embed_inputs(feature_map))  # (N_all, L, E)
-            summaries = critic.embed_summaries(y)  # (n, E)
-            if self.negatives == "all":
-                # Every pair from one matrix product: scores[i, j, l] = <inputs[i, l], summaries[j]>.
-                scores = (inputs @ summaries.T).permute(0, 2, 1)  # (N_all, n, L)
-                if not per_location:
-                    scores = scores.squeeze(-1)
-                return mi_lower_bound_offset(
-                    scores, self.estimator, offset, negatives_across_locations=per_location, reduce_negatives=reduce
-                )
-            partners = shuffled_partners(inputs.shape[0], offset, count, inputs.shape[1], inputs.device)
-            own = inputs[offset : offset + count]
-            positive = (own * summaries[:, None]).sum(-1)  # (n, L)
-            negative = (gather_locations(inputs, partners) * summaries[:, None]).sum(-1)
-            return mi_lower_bound_from_pairs(positive, negative, self.estimator, reduce)
+        if per_location:
+            feature_map = self._sample_map_locations(feature_map)
 
         # Concat-and-convolve: one critic forward for the positives, one for shuffled negatives.
         maps, offset = self._gather(feature_map)  # (N_all, C, M, M)
@@ -246,6 +252,76 @@ class DIMHead(nn.Module):
             shuffled = maps[partners[:, 0]]
         negative = critic(shuffled, y)
         return mi_lower_bound_from_pairs(positive, negative, self.estimator, reduce)
+
+    def _dot_mi(self, critic: DotCritic, feature_map: Tensor, y: Tensor, per_location: bool) -> Tensor:
+        """Encode-and-dot-product: scores ``<f(x_i[l]), g(y_j)>`` from factors (``DotCritic``).
+
+        The critic's last input layer is folded into the summary side when that is cheaper
+        (``DotCritic.fold_pays``): the same scores for about half the multiply-adds when
+        location vectors outnumber summaries, as they do for the local term.
+        """
+        reduce = all_reduce_log_sum_exp if self.gather_distributed else None
+        if per_location:
+            feature_map = self._sample_map_locations(feature_map)
+        count, locations = feature_map.shape[0], critic.vectors_per_image(feature_map)
+        # What gets gathered depends on the two choices below, so every rank must make the
+        # same ones: decide from the largest rank batch and the global one.
+        largest, candidates = self._batch_sizes(count, feature_map.device)
+        pairs = candidates * locations * largest if self.negatives == "all" else 2 * largest * locations
+        fold = critic.fold_pays(candidates * locations, largest, pairs)
+        summaries, offsets = critic.summary_factors(y, fold)  # (n, K), (n,) or None
+
+        if self.negatives == "all":
+            rows = self._rows_per_chunk(largest, locations)
+            if rows is not None and rows < candidates:
+                # Memory-bounded: gather the maps themselves; each block of candidate images
+                # computes (and, in the backward, recomputes) its own critic activations.
+                inputs, offset = self._gather(feature_map)  # (N_all, C, M, M)
+                transform = partial(_input_factors, critic, fold=fold)
+            else:
+                inputs, offset = self._gather(_input_factors(critic, feature_map, fold))  # (N_all, L, K)
+                transform, rows = None, None
+            return all_pairs_bound(
+                inputs, summaries, offsets, self.estimator, offset,
+                negatives_across_locations=per_location, reduce_negatives=reduce,
+                input_transform=transform, rows_per_chunk=rows,
+            )
+
+        inputs, offset = self._gather(_input_factors(critic, feature_map, fold))  # (N_all, L, K)
+        partners = shuffled_partners(inputs.shape[0], offset, count, locations, inputs.device)
+        by_summary = summaries.unsqueeze(-1)  # (n, K, 1): one batched matrix-vector product each
+        positive = (inputs[offset : offset + count] @ by_summary).squeeze(-1)  # (n, L)
+        negative = (gather_locations(inputs, partners) @ by_summary).squeeze(-1)
+        if offsets is not None:
+            positive, negative = positive + offsets[:, None], negative + offsets[:, None]
+        return mi_lower_bound_from_pairs(positive, negative, self.estimator, reduce)
+
+    def _batch_sizes(self, count: int, device: torch.device) -> tuple[int, int]:
+        """(largest batch on any rank, global batch): ``(count, count)`` without gathering."""
+        if not self.gather_distributed or world_size() == 1:
+            return count, count
+        sizes = _gather_sizes(count, device)
+        return max(sizes), sum(sizes)
+
+    def _rows_per_chunk(self, count: int, locations: int) -> int | None:
+        if self.max_scores_in_memory is None:
+            return None
+        return max(1, self.max_scores_in_memory // (count * locations))
+
+    def _location_subset(self, locations: int, device: torch.device) -> Tensor | None:
+        if self.num_locations is None or self.num_locations >= locations:
+            return None
+        return torch.randperm(locations, device=device)[: self.num_locations]
+
+    def _sample_map_locations(self, feature_map: Tensor) -> Tensor:
+        """``(N, C, M, M)`` to an ``(N, C, num_locations, 1)`` map of randomly chosen locations.
+
+        The same subset for every image of the batch, drawn anew at every call.
+        """
+        subset = self._location_subset(feature_map[0, 0].numel(), feature_map.device)
+        if subset is None:
+            return feature_map
+        return feature_map.flatten(2).index_select(2, subset).unsqueeze(-1)
 
     def _check(self, feature_map: Tensor, y: Tensor) -> None:
         if feature_map.dim() != 4:
@@ -275,9 +351,24 @@ class DIMHead(nn.Module):
                 "a batch of one image has no in-batch negatives: use a batch size >= 2 "
                 "(DataLoader(drop_last=True) avoids a final batch of one)"
             )
-        if not (torch.isfinite(feature_map).all() and torch.isfinite(y).all()):
-            which = "feature_map" if not torch.isfinite(feature_map).all() else "y"
+        # One sum per input and one host sync: a NaN or inf anywhere makes its sum non-finite.
+        # Only then (or when finite values overflow the sum) look at every element.
+        if not bool(torch.isfinite(_wide_sum(feature_map) + _wide_sum(y))):
+            bad = [name for name, t in (("feature_map", feature_map), ("y", y)) if not torch.isfinite(t).all()]
+            if not bad:
+                return
+            which = bad[0]
             raise ValueError(
                 f"{which} contains NaN or inf: check the inputs and the learning rate "
                 "(a diverged encoder produces them), or use gradient clipping"
             )
+
+
+def _input_factors(critic: DotCritic, feature_map: Tensor, fold: bool) -> Tensor:
+    """The input side of a dot critic's scores for a (block of the) feature map: ``(N, L, K)``."""
+    return critic.input_factors(critic.input_vectors(feature_map), fold)
+
+
+def _wide_sum(tensor: Tensor) -> Tensor:
+    """The sum of all elements in at least float32 (a half-precision sum overflows early)."""
+    return tensor.sum(dtype=torch.promote_types(tensor.dtype, torch.float32))

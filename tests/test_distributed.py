@@ -16,6 +16,9 @@ CONFIGS = {
     "jsd": dict(estimator="jsd"),
     "infonce": dict(estimator="infonce"),
     "dv": dict(estimator="dv"),
+    # Memory-bounded scoring: local blocks of one candidate image, global blocks of 6 and 2.
+    "infonce_chunked": dict(estimator="infonce", max_scores_in_memory=24),
+    "dv_chunked": dict(estimator="dv", max_scores_in_memory=24),
 }
 
 

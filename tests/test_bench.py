@@ -1,0 +1,63 @@
+"""`dim-ssl bench` end to end on a tiny backbone and batch, through the real command line."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+TINY = ["--backbone", "test_resnet", "--image-size", "16", "--batch-size", "4", "--channels", "1",
+        "--rounds", "1", "--steps", "1", "--warmup", "0"]
+
+
+def dim_ssl(*args: str, tmp_path: Path) -> subprocess.CompletedProcess:
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    return subprocess.run([sys.executable, "-m", "eval.cli", "bench", *args, "--out", str(tmp_path)],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_bench_runs_every_method_and_writes_json_csv_and_table(tmp_path):
+    from eval.bench import DEFAULT_METHODS, METHODS
+
+    result = dim_ssl(*TINY, "--no-rss", "--methods", ",".join(METHODS), tmp_path=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads((tmp_path / "bench.json").read_text())
+    assert set(report["methods"]) == set(METHODS) and set(DEFAULT_METHODS) <= set(METHODS)
+    for name, method in report["methods"].items():
+        assert method["images_per_s"] > 0 and method["views"] == (2 if name.startswith(("simclr", "moco")) else 1)
+        assert method["ratio_to_floor"] > 0 and method["ratio_to_simclr"] > 0
+        assert method["peak_memory_mib"] is None or method["peak_memory_mib"] > 0
+    assert report["methods"]["backbone"]["ratio_to_floor"] == pytest.approx(1.0)
+    assert report["methods"]["simclr"]["ratio_to_simclr"] == pytest.approx(1.0)
+    assert "profiler" in report["memory_measure"]
+    assert report["config"]["backbone"] == "test_resnet" and report["environment"]["torch"]
+    csv_lines = (tmp_path / "bench.csv").read_text().splitlines()
+    assert csv_lines[0].startswith("method,") and len(csv_lines) == 1 + len(METHODS)
+    for name in METHODS:  # the table on stdout names every method
+        assert f"\n{name} " in result.stdout
+
+
+def test_bench_memory_sweep_and_rss_probe(tmp_path):
+    result = dim_ssl(*TINY, "--methods", "dim_l_jsd_dot", "--sweep-memory", "--sweep-batch-size", "4",
+                     "--sweep-map-sizes", "2,40", "--sweep-channels", "4", tmp_path=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads((tmp_path / "bench.json").read_text())
+    assert all(m["peak_rss_mib"] is not None for m in report["methods"].values())
+    modes = {(row["map"], row["mode"]) for row in report["sweep"]}
+    # "sampled" only where the map has more locations than num_locations (1024).
+    assert modes == {(2, "all"), (2, "chunked"), (40, "all"), (40, "chunked"), (40, "sampled")}
+    for row in report["sweep"]:
+        assert row["seconds"] > 0 and row["N_M2"] == 4 * row["map"] ** 2
+        assert row["local_mi"] == row["local_mi"]  # not NaN
+    assert (tmp_path / "memory_sweep.csv").exists()
+    assert "N*M^2" in result.stdout
+
+
+def test_unknown_method_is_a_clear_error(tmp_path, capsys):
+    from eval.cli import main
+
+    assert main(["bench", *TINY, "--methods", "byol", "--out", str(tmp_path)]) == 2
+    assert "unknown method(s) byol" in capsys.readouterr().out
