@@ -10,7 +10,14 @@ from typing import Sequence
 # name -> (module under eval.commands, one-line help). Command modules keep their top-level
 # imports light (torch, Lightning and friends are imported inside ``run``), so building the
 # parser for every command stays fast.
-COMMANDS: dict[str, tuple[str, str]] = {}
+COMMANDS: dict[str, tuple[str, str]] = {
+    "pretrain": ("pretrain", "self-supervised pretraining from a YAML config (key=value overrides, --resume)"),
+    "export": ("export", "write a checkpoint's backbone as a plain timm state_dict (+ JSON)"),
+    "compare": ("compare", "train DIM(L), DIM(G), SimCLR, MoCo (or any list) under one budget and probe them alike"),
+    "evaluate": ("evaluate", "probe a checkpoint's frozen features: kNN and linear probe, at each position"),
+    "transfer": ("transfer", "pretrain on one dataset (or take checkpoints), probe on others"),
+    "bench": ("bench", "time training steps (images/s, peak memory) of DIM, SimCLR, MoCo and the backbone floor"),
+}
 
 
 def build_parser() -> argparse.ArgumentParser:

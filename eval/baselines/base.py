@@ -34,13 +34,16 @@ from torch import Tensor, nn
 from eval.data import DatasetSpec, _channel_stats, _fit_steps, dataset_spec
 
 __all__ = [
+    "BASELINE_METHOD_DEFAULTS",
     "BASE_BATCH_SIZE",
     "ContrastiveBaseline",
     "TwoViewTransform",
+    "baseline_from_config",
     "lightly_two_view_transform",
     "momentum_copy",
     "pooled_dim",
     "pooled_features",
+    "views_from_config",
 ]
 
 # lightly's CIFAR-10 benchmark (docs/source/getting_started/benchmarks/cifar10_benchmark.py)
@@ -322,6 +325,8 @@ class ContrastiveBaseline(pl.LightningModule):
         loss, features = self.contrastive_loss(views)
         batch_size = len(labels)
         self.log("train_loss", loss, prog_bar=True, batch_size=batch_size)
+        # The epoch mean too, under the name DIM's module uses (run summaries read it).
+        self.log("train_loss_epoch", loss.detach(), on_step=False, on_epoch=True, batch_size=batch_size)
         # Online linear evaluation on detached features (lightly's OnlineLinearClassifier
         # detaches again): it tracks how linearly separable the features are while training,
         # without shaping the encoder.
@@ -399,3 +404,77 @@ def momentum_copy(module: nn.Module) -> nn.Module:
     twin = copy.deepcopy(module)
     deactivate_requires_grad(twin)
     return twin
+
+
+# --------------------------------------------------------------------------------------------
+# Building a baseline from a run configuration (``method.name: simclr`` / ``moco``)
+
+#: The ``method`` keys SimCLR and MoCo share: lightly's CIFAR-10 optimizer recipe (SGD at
+#: ``lr`` for batch size 128, scaled linearly to ``data.batch_size``; cosine decay over
+#: ``trainer.max_epochs``) and keyword arguments of the view transform (``SimCLRTransform`` /
+#: ``MoCoV2Transform``, e.g. ``{min_scale: 0.2}``). The configuration's ``optimizer`` section
+#: is DIM's; the baselines keep their own recipe here.
+BASELINE_METHOD_DEFAULTS: dict[str, Any] = {
+    "lr": DEFAULT_LR,
+    "weight_decay": DEFAULT_WEIGHT_DECAY,
+    "sgd_momentum": DEFAULT_SGD_MOMENTUM,
+    "warmup_epochs": 0.0,
+    "transform": {},
+}
+
+
+def views_from_config(
+    build_views: Callable[..., TwoViewTransform], config: Mapping[str, Any], spec: DatasetSpec
+) -> TwoViewTransform:
+    """The two-view training transform a configuration asks for (its data format, ``method.transform``).
+
+    Raises:
+        eval.config.ConfigError: ``method.transform`` holds an argument the transform refuses.
+    """
+    from eval.config import ConfigError
+
+    data, method = config["data"], config["method"]
+    size = int(data["image_size"] or spec.default_image_size)
+    channels = int(data["channels"] or spec.channels)
+    try:
+        return build_views(spec, size, channels, **dict(method.get("transform") or {}))
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"method.transform of {method['name']}: {err}") from None
+
+
+def baseline_from_config(
+    module_class: type[ContrastiveBaseline], config: Mapping[str, Any], data: Any, **method_kwargs: Any
+) -> ContrastiveBaseline:
+    """A baseline module on the configuration's encoder, with the shared optimizer recipe.
+
+    ``data`` is an :class:`eval.methods.DataInfo`; ``method_kwargs`` are the method's own
+    arguments (temperature, head widths, ...).
+
+    Raises:
+        eval.config.ConfigError: An encoder that cannot be built, a setting the module refuses,
+            or ``monitor.best: knn`` (the baselines log the online probe, not DIM's kNN check).
+    """
+    from eval.config import ConfigError
+    from eval.methods import build_encoder
+
+    method = config["method"]
+    if config["monitor"]["best"] == "knn":
+        raise ConfigError(
+            f"monitor.best=knn needs DIM's kNN check; {method['name']} logs the online probe only "
+            "(val_online_cls_top1): use monitor.best=online"
+        )
+    encoder = build_encoder(config["encoder"], data.channels, data.image_size)
+    try:
+        return module_class(
+            encoder,
+            num_classes=data.num_classes,
+            lr=float(method["lr"]),
+            batch_size=int(config["data"]["batch_size"]),
+            weight_decay=float(method["weight_decay"]),
+            sgd_momentum=float(method["sgd_momentum"]),
+            warmup_epochs=float(method["warmup_epochs"]),
+            max_epochs=max(int(config["trainer"]["max_epochs"]), 1),
+            **method_kwargs,
+        )
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"method {method['name']}: {err}") from None

@@ -36,14 +36,18 @@ from eval.baselines.base import (
     DEFAULT_WEIGHT_DECAY,
     SMALL_IMAGE_SIZE,
     ContrastiveBaseline,
+    BASELINE_METHOD_DEFAULTS,
     TwoViewTransform,
+    baseline_from_config,
     lightly_two_view_transform,
     momentum_copy,
     pooled_features,
+    views_from_config,
 )
 from eval.data import DatasetSpec, dataset_spec
+from eval.methods import DataInfo, register_method
 
-__all__ = ["MOCO_SMALL_IMAGE_RECIPE", "MoCoModule", "moco_transform"]
+__all__ = ["MOCO_METHOD_DEFAULTS", "MOCO_SMALL_IMAGE_RECIPE", "MoCoModule", "build_moco", "moco_transform"]
 
 # MoCoV2Transform's own values (jitter 0.4/0.4/0.4/0.1 with p 0.8, crop scale (0.2, 1),
 # grayscale 0.2) minus the blur, as lightly's CIFAR-10 benchmark drops it for 32x32 images.
@@ -189,3 +193,44 @@ class MoCoModule(ContrastiveBaseline):
             loss = self.criterion(self.projection_head(features), self.keys(view1))
         self.log("momentum", m, batch_size=len(view0))
         return loss, features
+
+
+# --------------------------------------------------------------------------------------------
+# ``method.name: moco`` in a run configuration (``dim-ssl pretrain``, ``compare``)
+
+#: The keys of the ``method`` section for moco: the module's arguments (lightly's CIFAR-10
+#: recipe) plus the shared optimizer recipe and ``transform`` of
+#: :data:`~eval.baselines.base.BASELINE_METHOD_DEFAULTS`.
+MOCO_METHOD_DEFAULTS: dict[str, Any] = {
+    "temperature": 0.1,
+    "memory_bank_size": 4096,
+    "momentum": 0.99,
+    "momentum_end": None,  # null: constant momentum (lightly's CIFAR-10 benchmark)
+    "symmetric": True,
+    "hidden_dim": 512,
+    "output_dim": 128,
+    **BASELINE_METHOD_DEFAULTS,
+}
+
+
+def _moco_views(config: dict[str, Any], spec: DatasetSpec) -> TwoViewTransform:
+    return views_from_config(moco_transform, config, spec)
+
+
+@register_method(
+    "moco", defaults=MOCO_METHOD_DEFAULTS, free_form=("transform",), train_transform=_moco_views,
+    description="MoCo v2 (He et al., CVPR 2020; Chen et al. 2020) from lightly's parts",
+)
+def build_moco(config: dict[str, Any], data: DataInfo) -> MoCoModule:
+    """``MoCoModule`` on the configuration's encoder, trained on two views per image."""
+    method = config["method"]
+    return baseline_from_config(
+        MoCoModule, config, data,
+        temperature=float(method["temperature"]),
+        memory_bank_size=int(method["memory_bank_size"]),
+        momentum=float(method["momentum"]),
+        momentum_end=None if method["momentum_end"] is None else float(method["momentum_end"]),
+        symmetric=bool(method["symmetric"]),
+        hidden_dim=int(method["hidden_dim"]),
+        output_dim=int(method["output_dim"]),
+    )

@@ -33,12 +33,16 @@ from eval.baselines.base import (
     DEFAULT_WEIGHT_DECAY,
     SMALL_IMAGE_SIZE,
     ContrastiveBaseline,
+    BASELINE_METHOD_DEFAULTS,
     TwoViewTransform,
+    baseline_from_config,
     lightly_two_view_transform,
+    views_from_config,
 )
 from eval.data import DatasetSpec, dataset_spec
+from eval.methods import DataInfo, register_method
 
-__all__ = ["SIMCLR_SMALL_IMAGE_RECIPE", "SimCLRModule", "simclr_transform"]
+__all__ = ["SIMCLR_METHOD_DEFAULTS", "SIMCLR_SMALL_IMAGE_RECIPE", "SimCLRModule", "build_simclr", "simclr_transform"]
 
 # lightly's CIFAR-10 benchmark views: SimCLRCollateFunction(input_size=32, gaussian_blur=0.)
 # with that class's default cj_strength=0.5 (SimCLRTransform's docstring also recommends 0.5
@@ -141,3 +145,36 @@ class SimCLRModule(ContrastiveBaseline):
         features = self.backbone_features(torch.cat([view0, view1]))
         z0, z1 = self.projection_head(features).chunk(2)
         return self.criterion(z0, z1), features
+
+
+# --------------------------------------------------------------------------------------------
+# ``method.name: simclr`` in a run configuration (``dim-ssl pretrain``, ``compare``)
+
+#: The keys of the ``method`` section for simclr: the module's arguments (lightly's CIFAR-10
+#: recipe) plus the shared optimizer recipe and ``transform`` of
+#: :data:`~eval.baselines.base.BASELINE_METHOD_DEFAULTS`.
+SIMCLR_METHOD_DEFAULTS: dict[str, Any] = {
+    "temperature": 0.5,
+    "hidden_dim": 512,
+    "output_dim": 128,
+    **BASELINE_METHOD_DEFAULTS,
+}
+
+
+def _simclr_views(config: dict[str, Any], spec: DatasetSpec) -> TwoViewTransform:
+    return views_from_config(simclr_transform, config, spec)
+
+
+@register_method(
+    "simclr", defaults=SIMCLR_METHOD_DEFAULTS, free_form=("transform",), train_transform=_simclr_views,
+    description="SimCLR (Chen et al., ICML 2020) from lightly's parts",
+)
+def build_simclr(config: dict[str, Any], data: DataInfo) -> SimCLRModule:
+    """``SimCLRModule`` on the configuration's encoder, trained on two views per image."""
+    method = config["method"]
+    return baseline_from_config(
+        SimCLRModule, config, data,
+        temperature=float(method["temperature"]),
+        hidden_dim=int(method["hidden_dim"]),
+        output_dim=int(method["output_dim"]),
+    )

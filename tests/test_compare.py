@@ -1,0 +1,211 @@
+"""``dim-ssl compare``: its configuration, and a tiny comparison through the real command line."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+import pytorch_lightning as pl
+import yaml
+
+from eval.compare import DEFAULT_METHODS, resolve_comparison
+from eval.config import ConfigError, resolve_config
+from pretrain_helpers import QUICKSTART, run_cli
+
+ALL_ROWS = {"DIM(L)", "DIM(G)", "SimCLR", "MoCo", "random init", "raw pixels"}
+
+# The quickstart comparison, shrunk: timm's tiny test_resnet, 96 training and 64 held-out
+# images, one epoch per method, a smaller kNN (96 images cannot feed 200 neighbours).
+TINY_COMPARE = [
+    "encoder.name=test_resnet", "data.limit_train=96", "data.limit_val=64", "data.batch_size=32",
+    "trainer.enable_progress_bar=false", "compare.budget.seconds=null", "compare.budget.epochs=1",
+    "compare.knn_k=10", "compare.curve.limit_train=64", "compare.curve.knn_k=5",
+]
+
+
+def write_config(path, text: str) -> str:
+    path.write_text(text)
+    return str(path)
+
+
+# ---- configuration ---------------------------------------------------------------------
+
+
+def test_without_a_compare_section_the_default_four_methods_are_compared(tmp_path):
+    config = write_config(tmp_path / "plain.yaml", "name: plain\nencoder: {name: test_resnet}\n")
+    comparison = resolve_comparison(config)
+    assert [m.label for m in comparison.methods] == [m["label"] for m in DEFAULT_METHODS]
+    names = [c["method"]["name"] for c in comparison.configs]
+    assert names == ["dim", "dim", "simclr", "moco"]
+    heads = [c["method"]["head"] for c in comparison.configs[:2]]
+    assert (heads[0]["alpha"], heads[0]["beta"], heads[0]["gamma"]) == (0.0, 1.0, 0.1)  # DIM(L)
+    assert (heads[1]["alpha"], heads[1]["beta"], heads[1]["gamma"]) == (1.0, 0.0, 1.0)  # DIM(G)
+    assert comparison.out.as_posix() == "runs/plain-compare"
+    assert [c["output_dir"] for c in comparison.configs][0] == "runs/plain-compare/dim-l"
+    # Every method shares the backbone and the data.
+    assert {c["encoder"]["name"] for c in comparison.configs} == {"test_resnet"}
+
+
+def test_quickstart_serves_both_pretrain_and_compare():
+    config = resolve_config(QUICKSTART)  # what `dim-ssl pretrain configs/quickstart.yaml` resolves
+    assert "compare" not in config and config["method"]["name"] == "dim"
+    comparison = resolve_comparison(QUICKSTART)
+    assert [m.label for m in comparison.methods] == ["DIM(L)", "DIM(G)", "SimCLR", "MoCo"]
+    assert comparison.methods[0].positions == ("pool", "conv")
+    seconds = comparison.section["budget"]["seconds"]
+    assert all(c["trainer"]["max_time_s"] == seconds for c in comparison.configs)
+
+
+def test_a_method_switch_drops_the_other_methods_keys_and_nested_overrides_equal_dotted(tmp_path):
+    config = write_config(tmp_path / "c.yaml", """
+name: c
+method: {name: dim, head: {alpha: 0.5}}
+compare:
+  methods:
+    - {label: dotted, overrides: {method.head.alpha: 0.25, data.batch_size: 16}}
+    - {label: nested, overrides: {method: {head: {alpha: 0.25}}, data: {batch_size: 16}}}
+    - {label: contrastive, overrides: {method.name: simclr, method.temperature: 0.2}}
+  budget: {epochs: 3}
+""")
+    dotted, nested, contrastive = resolve_comparison(config).configs
+    for key in ("method", "data", "trainer", "encoder", "optimizer"):
+        assert dotted[key] == nested[key], key
+    assert dotted["method"]["head"]["alpha"] == 0.25 and dotted["data"]["batch_size"] == 16
+    assert contrastive["method"]["name"] == "simclr" and contrastive["method"]["temperature"] == 0.2
+    assert "head" not in contrastive["method"]
+    assert dotted["trainer"]["max_epochs"] == 3 and dotted["trainer"]["max_time_s"] is None
+
+
+def test_a_wall_clock_budget_sets_lightnings_max_time_and_an_epoch_cap(tmp_path):
+    config = write_config(tmp_path / "c.yaml", "compare: {budget: {seconds: 12}}\n")
+    for resolved in resolve_comparison(config).configs:
+        assert resolved["trainer"]["max_time_s"] == 12.0 and resolved["trainer"]["max_epochs"] == 1000
+
+
+@pytest.mark.parametrize("section, message", [
+    ("{budgt: {epochs: 1}}", "did you mean 'compare.budget'"),
+    ("{budget: {epochs: 0}}", "compare.budget.epochs must be a whole number >= 1"),
+    ("{budget: {seconds: -5}}", "compare.budget.seconds must be a positive number"),
+    ("{probes: [knn, svm]}", "probes must be one or more of knn, linear"),
+    ("{methods: [{label: A}, {label: a}]}", "name the same output folder"),
+    ("{methods: [{overrides: {method.name: dim}}]}", "needs a label"),
+    ("{methods: [{label: X, overrides: {optimizer.lrr: 1}}]}", "compare.methods[0] (X): unknown config key 'optimizer.lrr'"),
+    ("{methods: [{label: X, overrides: {method.name: byol}}]}", "unknown method.name 'byol'"),
+])
+def test_configuration_mistakes_are_named(tmp_path, section, message):
+    config = write_config(tmp_path / "c.yaml", f"compare: {section}\n")
+    with pytest.raises(ConfigError, match=None) as caught:
+        resolve_comparison(config)
+    assert message in str(caught.value)
+
+
+# ---- a tiny comparison through the command line ----------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_comparison(tmp_path_factory):
+    out = tmp_path_factory.mktemp("compare") / "run"
+    result = run_cli(["compare", QUICKSTART, *TINY_COMPARE, f"output_dir={out}"], timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return out, result
+
+
+def test_compare_writes_every_row_and_every_file(tiny_comparison):
+    out, result = tiny_comparison
+    rows = json.loads((out / "comparison.json").read_text())
+    assert {row["method"] for row in rows} == ALL_ROWS
+    positions = {(row["method"], row["position"]) for row in rows}
+    assert ("DIM(L)", "conv") in positions and ("DIM(G)", "conv") not in positions  # as configured
+    assert ("random init", "conv") in positions and ("raw pixels", "pixels") in positions
+    for row in rows:
+        assert 0.0 <= row["knn_acc"] <= 1.0 and 0.0 <= row["linear_acc"] <= 1.0, row
+    trained = [row for row in rows if row["method"] in ("DIM(L)", "DIM(G)", "SimCLR", "MoCo")]
+    assert all(row["images_per_s"] > 0 and row["wall_clock_s"] > 0 and row["epochs"] == 1 for row in trained)
+
+    with open(out / "comparison.csv", newline="") as file:
+        table = list(csv.DictReader(file))
+    assert [r["method"] for r in table] == [r["method"] for r in rows]
+    assert float(table[0]["knn_acc"]) == pytest.approx(rows[0]["knn_acc"])
+    assert "| method | position | knn_acc | linear_acc |" in (out / "comparison.md").read_text()
+    results = json.loads((out / "results.json").read_text())
+    assert set(results["curves"]) == {"DIM(L)", "DIM(G)", "SimCLR", "MoCo"}
+    with open(out / "curves.csv", newline="") as file:
+        curve = list(csv.DictReader(file))
+    assert {r["method"] for r in curve} == {"DIM(L)", "DIM(G)", "SimCLR", "MoCo"}
+    assert all(float(r["seconds"]) >= 0 for r in curve)
+    # Every method starts from the same weights (the random-init encoder): one step-0 accuracy.
+    assert len({r["knn_acc"] for r in curve if r["step"] == "0"}) == 1
+    for png in ("accuracy_vs_time.png", "embeddings.png"):
+        assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", png
+    resolved = yaml.safe_load((out / "config.yaml").read_text())
+    assert resolved["compare"]["budget"] == {"epochs": 1, "seconds": None}
+    for folder in ("dim-l", "dim-g", "simclr", "moco"):
+        for name in ("config.yaml", "metrics.csv", "summary.json", "training.json", "knn_vs_time.png",
+                     "checkpoints/last.ckpt"):
+            assert (out / folder / name).is_file(), f"{folder}/{name}"
+    # Progress and the table on stdout.
+    assert "[4/4] MoCo" in result.stdout and "| raw pixels | pixels |" in result.stdout
+
+
+def _direct_knn(train, test, k=10):
+    from eval.knn import knn_accuracy
+
+    (train_x, train_y), (test_x, test_y) = train, test
+    return knn_accuracy(train_x, train_y, test_x, test_y, k=k, temperature=0.1)
+
+
+def test_baseline_rows_are_their_own_numbers(tiny_comparison):
+    from eval.checkpoint import model_from_checkpoint
+    from eval.methods import build_encoder
+    from eval.probing import model_features, pixel_features, probe_data
+
+    out, _ = tiny_comparison
+    rows = {(r["method"], r["position"]): r for r in json.loads((out / "comparison.json").read_text())}
+    data = probe_data("digits", 32, 1, limit_train=96, limit_test=64)
+
+    # Raw pixels: kNN on the flattened, normalised inputs, computed here from scratch.
+    pixels = rows[("raw pixels", "pixels")]
+    train, test = pixel_features(data, progress=False)
+    assert train[0].shape == (96, 1024)
+    assert pixels["knn_acc"] == _direct_knn(train, test)
+
+    # Random init: the encoder as the seed builds it, before any training.
+    pl.seed_everything(0, verbose=False)
+    encoder = build_encoder({"name": "test_resnet", "global_dim": 64, "hidden_dim": 1024, "feature_stage": None,
+                             "kwargs": {}}, channels=1, image_size=32)
+    init = model_features(encoder, data, ("pool",), progress=False)["pool"]
+    assert rows[("random init", "pool")]["knn_acc"] == _direct_knn(*init)
+
+    # A trained method: its own checkpoint's features, which are not the untrained ones.
+    model = model_from_checkpoint(out / "dim-l" / "checkpoints" / "last.ckpt")
+    trained = model_features(model, data, ("pool",), progress=False)["pool"]
+    assert rows[("DIM(L)", "pool")]["knn_acc"] == _direct_knn(*trained)
+    assert not np.allclose(trained[0][0], init[0][0])
+
+    # Separate numbers: the baselines differ from each other and from the trained rows.
+    baseline = lambda r: (r["knn_acc"], r["linear_acc"])  # noqa: E731
+    assert baseline(pixels) != baseline(rows[("random init", "pool")])
+    for label in ("DIM(L)", "DIM(G)", "SimCLR", "MoCo"):
+        assert baseline(rows[(label, "pool")]) != baseline(pixels)
+
+
+def test_a_second_run_refuses_the_folder_then_reuses_the_finished_methods(tiny_comparison):
+    out, _ = tiny_comparison
+    from eval.cli import main
+
+    assert main(["compare", QUICKSTART, *TINY_COMPARE, f"output_dir={out}"]) == 1
+    before = {m: (out / m / "checkpoints" / "last.ckpt").stat().st_mtime_ns for m in ("dim-l", "moco")}
+    # --reuse with one method changed: only that one trains again (MoCo's temperature).
+    overrides = [*TINY_COMPARE, "compare.probes=[knn]", f"output_dir={out}"]
+    comparison = resolve_comparison(QUICKSTART, overrides)
+    comparison.configs[3]["method"]["temperature"] = 0.2
+    from eval.compare import run_comparison
+
+    result = run_comparison(comparison, reuse=True, echo=lambda line: None)
+    after = {m: (out / m / "checkpoints" / "last.ckpt").stat().st_mtime_ns for m in ("dim-l", "moco")}
+    assert after["dim-l"] == before["dim-l"] and after["moco"] != before["moco"]
+    assert result["methods"]["DIM(L)"]["reused"] and not result["methods"]["MoCo"]["reused"]
+    assert {row["method"] for row in result["rows"]} == ALL_ROWS
+    assert all("linear_acc" not in row or row["linear_acc"] is None for row in result["rows"])
