@@ -201,7 +201,12 @@ class GlobalDotCritic(DotCritic):
 
 
 class LocalConcatCritic(nn.Module):
-    """Concat-and-convolve critic for the local term: y tiled over the map, 1x1 convs 512-512-1."""
+    """Concat-and-convolve critic for the local term: y tiled over the map, 1x1 convs 512-512-1.
+
+    Computed on location vectors (``score_vectors``) rather than on a tiled map: the first
+    layer's ``[x, y] -> W_x x + W_y y + b`` takes ``W_y y + b`` once per image instead of once
+    per location, and the 1x1 convolutions become matrix products on rows. The same numbers.
+    """
 
     def __init__(self, local_channels: int, global_dim: int, hidden_dim: int = 512) -> None:
         super().__init__()
@@ -215,8 +220,22 @@ class LocalConcatCritic(nn.Module):
 
     def forward(self, feature_map: Tensor, y: Tensor) -> Tensor:
         """Scores ``(N, M*M)`` of each location of ``feature_map[n]`` against ``y[n]``."""
-        tiled = y[:, :, None, None].expand(-1, -1, *feature_map.shape[-2:])
-        return self.net(torch.cat([feature_map, tiled], dim=1)).flatten(1)
+        return self.score_vectors(self.input_vectors(feature_map), y)
+
+    def input_vectors(self, feature_map: Tensor) -> Tensor:
+        """The location vectors ``(N, M*M, C)``, locations in row-major order."""
+        n, c = feature_map.shape[:2]
+        return feature_map.permute(0, 2, 3, 1).reshape(n, -1, c)
+
+    def score_vectors(self, vectors: Tensor, y: Tensor) -> Tensor:
+        """Scores ``(N, L)`` of location vectors ``(N, L, C)`` of image n against ``y[n]``."""
+        first, _, second, _, last = self.net
+        channels = vectors.shape[-1]
+        weight = first.weight.flatten(1)
+        per_image = F.linear(y, weight[:, channels:], first.bias)  # W_y y + b: (N, hidden)
+        hidden = F.relu(F.linear(vectors, weight[:, :channels]) + per_image[:, None, :])
+        hidden = F.relu(F.linear(hidden, second.weight.flatten(1), second.bias))
+        return F.linear(hidden, last.weight.flatten(1), last.bias).squeeze(-1)
 
 
 class GlobalConcatCritic(nn.Module):

@@ -241,16 +241,15 @@ class DIMHead(nn.Module):
             feature_map = self._sample_map_locations(feature_map)
 
         # Concat-and-convolve: one critic forward for the positives, one for shuffled negatives.
-        maps, offset = self._gather(feature_map)  # (N_all, C, M, M)
-        positive = critic(feature_map, y)  # (n, L)
         if per_location:
-            partners = shuffled_partners(maps.shape[0], offset, count, maps[0, 0].numel(), maps.device)
-            by_location = maps.flatten(2).transpose(1, 2)  # (N_all, M*M, C)
-            shuffled = gather_locations(by_location, partners).transpose(1, 2).reshape(feature_map.shape)
+            vectors, offset = self._gather(critic.input_vectors(feature_map))  # (N_all, M*M, C)
+            partners = shuffled_partners(vectors.shape[0], offset, count, vectors.shape[1], vectors.device)
+            positive = critic.score_vectors(_rows(vectors, offset, count), y)  # (n, L)
+            negative = critic.score_vectors(gather_locations(vectors, partners), y)
         else:
+            maps, offset = self._gather(feature_map)  # (N_all, C, M, M)
             partners = shuffled_partners(maps.shape[0], offset, count, 1, maps.device)
-            shuffled = maps[partners[:, 0]]
-        negative = critic(shuffled, y)
+            positive, negative = critic(feature_map, y), critic(maps[partners[:, 0]], y)
         return mi_lower_bound_from_pairs(positive, negative, self.estimator, reduce)
 
     def _dot_mi(self, critic: DotCritic, feature_map: Tensor, y: Tensor, per_location: bool) -> Tensor:
@@ -290,7 +289,7 @@ class DIMHead(nn.Module):
         inputs, offset = self._gather(_input_factors(critic, feature_map, fold))  # (N_all, L, K)
         partners = shuffled_partners(inputs.shape[0], offset, count, locations, inputs.device)
         by_summary = summaries.unsqueeze(-1)  # (n, K, 1): one batched matrix-vector product each
-        positive = (inputs[offset : offset + count] @ by_summary).squeeze(-1)  # (n, L)
+        positive = (_rows(inputs, offset, count) @ by_summary).squeeze(-1)  # (n, L)
         negative = (gather_locations(inputs, partners) @ by_summary).squeeze(-1)
         if offsets is not None:
             positive, negative = positive + offsets[:, None], negative + offsets[:, None]
@@ -362,6 +361,12 @@ class DIMHead(nn.Module):
                 f"{which} contains NaN or inf: check the inputs and the learning rate "
                 "(a diverged encoder produces them), or use gradient clipping"
             )
+
+
+def _rows(tensor: Tensor, start: int, count: int) -> Tensor:
+    """``tensor[start : start + count]``, or the tensor itself when that is all of it (a full
+    slice would cost a zero-filled copy of the tensor in the backward)."""
+    return tensor if start == 0 and count == tensor.shape[0] else tensor[start : start + count]
 
 
 def _input_factors(critic: DotCritic, feature_map: Tensor, fold: bool) -> Tensor:

@@ -26,15 +26,18 @@ from lightly's parts; when that package cannot be imported, the bench builds the
 from lightly's parts itself. Every method trains with the same optimizer (SGD, momentum 0.9,
 or Adam with ``--optimizer adam``) over the parameters its loss trains.
 
-Peak memory is measured per method on one extra, untimed step after the timing:
+Peak memory is measured per method on one extra, untimed step after the timing, with the
+previous step's gradients freed before it (what is counted is activations, gradients and
+workspaces; not weights, optimizer state or the batch):
 
 - on CUDA, ``torch.cuda.max_memory_allocated`` during the step minus the memory allocated
-  before it (weights, optimizer state and the batch are not counted);
+  before it;
 - on CPU, the peak of live tensor bytes during the step, above the level before it, from the
   allocation events of ``torch.profiler`` (``profile_memory=True``): the CPU counterpart of
-  ``max_memory_allocated``; and, as a cross-check, the peak resident set size of a fresh
-  process running the method (``--rss``): ``VmHWM`` after a step minus ``VmRSS`` before it,
-  with glibc told to return freed memory (``MALLOC_MMAP_THRESHOLD_=65536``).
+  ``max_memory_allocated``; and, as a cross-check (unless ``--no-rss``), the peak resident set
+  size of a fresh process running the method: ``VmHWM`` during a step after warm-up minus
+  ``VmRSS`` before it, with glibc told to return freed memory (``MALLOC_MMAP_THRESHOLD_=65536``).
+  RSS counts only the pages a step touches, so it can be lower than the tensor peak.
 
 ``memory_sweep`` (``--sweep-memory``) measures the DIM head alone (local InfoNCE, dot critic,
 all negatives) as N * M^2 grows: peak tensor memory and time of forward and backward with

@@ -68,3 +68,10 @@ def test_nan_or_inf_in_inputs(head, bad):
 def test_bad_constructor_arguments(kwargs, message):
     with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
         DIMHead(8, 4, **kwargs)
+
+
+def test_finite_inputs_whose_sum_overflows_are_accepted(head):
+    # The finiteness check sums each input first; an overflowing sum of finite values must not
+    # be mistaken for a NaN or inf.
+    feature_map = torch.full((4, 8, 3, 3), 3e38)
+    head._check(feature_map, torch.randn(4, 4))
