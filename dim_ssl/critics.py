@@ -22,6 +22,8 @@ of the all-pairs scores; ``DotCritic.fold_pays`` decides from the sizes.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -95,7 +97,7 @@ class MapEncoder(nn.Module):
         return self.net(feature_map)
 
 
-class DotCritic(nn.Module):
+class DotCritic(nn.Module, ABC):
     """What both encode-and-dot-product critics share: ``T(x, y) = <phi(x), psi(y)> / sqrt(E)``.
 
     Subclasses set ``input_net`` and ``summary_net`` (``ResidualEmbedding``s) and say which
@@ -106,13 +108,13 @@ class DotCritic(nn.Module):
     summary_net: ResidualEmbedding
     scale: float
 
+    @abstractmethod
     def input_vectors(self, feature_map: Tensor) -> Tensor:
         """The vectors ``phi`` embeds, ``(N, L, F)``: L per image."""
-        raise NotImplementedError
 
+    @abstractmethod
     def vectors_per_image(self, feature_map: Tensor) -> int:
         """L of ``input_vectors(feature_map)``, without computing them."""
-        raise NotImplementedError
 
     def embed_inputs(self, feature_map: Tensor) -> Tensor:
         """``(N, C, M, M)`` to ``(N, L, E)`` input embeddings."""

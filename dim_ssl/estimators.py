@@ -78,6 +78,17 @@ def mi_lower_bound(
     return mi_lower_bound_offset(scores, estimator, 0, negatives_across_locations)
 
 
+def check_candidates(num_candidates: int, num_summaries: int, positive_offset: int) -> None:
+    """Refuses a batch without negatives, or positives ``(j + offset, j)`` outside the candidates."""
+    if num_candidates < 2:
+        raise ValueError(f"MI bounds need at least two samples for in-batch negatives; got {num_candidates}")
+    if positive_offset + num_summaries > num_candidates:
+        raise ValueError(
+            f"positives at rows {positive_offset}..{positive_offset + num_summaries - 1} do not fit in "
+            f"{num_candidates} candidate rows"
+        )
+
+
 def mi_lower_bound_offset(
     scores: Tensor,
     estimator: str,
@@ -92,14 +103,7 @@ def mi_lower_bound_offset(
     ``log mean_neg exp`` does not decompose into an average over ranks, unlike the means of
     JSD and InfoNCE.
     """
-    num_candidates, num_summaries = scores.shape[0], scores.shape[1]
-    if num_candidates < 2:
-        raise ValueError(f"MI bounds need at least two samples for in-batch negatives; got {num_candidates}")
-    if positive_offset + num_summaries > num_candidates:
-        raise ValueError(
-            f"positives at rows {positive_offset}..{positive_offset + num_summaries - 1} do not fit in "
-            f"{num_candidates} candidate rows"
-        )
+    check_candidates(scores.shape[0], scores.shape[1], positive_offset)
     positive = positive_scores(scores, positive_offset)  # (n, *rest)
     statistic = negative_statistic(scores, estimator, positive_offset, negatives_across_locations, positive)
     return bound_from_statistic(

@@ -26,6 +26,7 @@ from torch.utils.checkpoint import checkpoint
 
 from dim_ssl.estimators import (
     bound_from_statistic,
+    check_candidates,
     combine_statistics,
     count_negatives,
     negative_statistic,
@@ -66,13 +67,7 @@ def all_pairs_bound(
             without recomputation.
     """
     num_candidates, num_summaries = inputs.shape[0], summaries.shape[0]
-    if num_candidates < 2:
-        raise ValueError(f"MI bounds need at least two samples for in-batch negatives; got {num_candidates}")
-    if positive_offset + num_summaries > num_candidates:
-        raise ValueError(
-            f"positives at rows {positive_offset}..{positive_offset + num_summaries - 1} do not fit in "
-            f"{num_candidates} candidate rows"
-        )
+    check_candidates(num_candidates, num_summaries, positive_offset)
     rows = num_candidates if rows_per_chunk is None else max(1, min(int(rows_per_chunk), num_candidates))
     recompute = rows < num_candidates and torch.is_grad_enabled()
 

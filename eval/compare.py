@@ -389,8 +389,13 @@ class Comparison:
         return {**copy.deepcopy(self.base), "output_dir": str(self.out), "compare": section}
 
 
-def resolve_comparison(path: str | Path, overrides: Sequence[str] = ()) -> Comparison:
+def resolve_comparison(
+    path: str | Path, overrides: Sequence[str] = (), only: Sequence[str] | None = None
+) -> Comparison:
     """A comparison from a configuration file and dotted overrides (``compare.budget.seconds=60``).
+
+    ``only`` keeps the methods with these labels (to run parts of a long comparison in
+    separate processes, each with its own ``output_dir``).
 
     The output folder is ``output_dir`` when the file or an override sets it, else
     ``runs/<name>-compare``; each method trains in ``<output folder>/<label as a folder name>``.
@@ -402,6 +407,13 @@ def resolve_comparison(path: str | Path, overrides: Sequence[str] = ()) -> Compa
     base_user, sections = load_sections(path, overrides)
     section = validate_section(sections["compare"], "compare", COMPARE_DEFAULTS)
     methods = parse_methods(section["methods"])
+    if only:
+        labels = [entry.label for entry in methods]
+        unknown = [label for label in only if label not in labels]
+        if unknown:
+            raise ConfigError(f"--methods: no method labelled {', '.join(map(repr, unknown))}; "
+                              f"the configuration has {', '.join(map(repr, labels))}")
+        methods = [entry for entry in methods if entry.label in only]
     base = resolve_config(None, base=base_user)
     check_single_process(base, "compare")
     out = Path(base_user["output_dir"]) if base_user.get("output_dir") else Path("runs") / f"{base['name']}-compare"
@@ -675,7 +687,7 @@ def run_comparison(
         data_config["dataset"], data_config["image_size"], data_config["channels"], root=data_config["root"],
         limit_train=section["probe_limit_train"] or data_config["limit_train"],
         limit_test=section["probe_limit_test"] or data_config["limit_val"],
-        test_split=data_config["val_split"], download=data_config["download"],
+        test_split=data_config["val_split"], download=data_config["download"], holdout=data_config["holdout"],
     )
     curve_data = curve_subsets(data, section["curve"])
     budget = describe_budget(section["budget"], comparison.configs[0])

@@ -67,6 +67,7 @@ BASE_DEFAULTS: dict[str, Any] = {
         "limit_train": None,  # train on the first N images only (tiny runs)
         "limit_val": None,  # evaluate on the first N held-out images only
         "val_split": "test",  # the held-out split for the online probe and the kNN check
+        "holdout": None,  # carve N training images as the held-out split (recipe search); test unread
         "crop": True,  # random crop with zero padding of image_size/8 pixels
         "flip": None,  # random horizontal flip; null: where it keeps the class (not digits)
     },

@@ -53,6 +53,7 @@ __all__ = [
     "DatasetNotFoundError",
     "DatasetSpec",
     "ImageArrayDataset",
+    "InputFormat",
     "dataset_labels",
     "dataset_spec",
     "default_data_root",
@@ -70,6 +71,11 @@ DIGITS_TEST_SIZE = 360  # 1,797 images -> 1,437 train / 360 test (about 80/20)
 DIGITS_SPLIT_SEED = 0  # fixed, so every run and every process sees the same split
 
 IMAGEFOLDER_PREFIX = "imagefolder:"
+
+# The split name of images carved out of the training split (``load_dataset(..., holdout=N)``).
+HOLDOUT_SPLIT = "holdout"
+HOLDOUT_SEED = 20181001  # fixed: every run carves the same validation images
+
 _IMAGENET_MEAN = (0.485, 0.456, 0.406)
 _IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -227,19 +233,9 @@ def make_transform(
     """
     from torchvision.transforms import v2
 
-    size = spec.default_image_size if image_size is None else int(image_size)
-    out_channels = spec.channels if channels is None else int(channels)
-    if size < 1:
-        raise ValueError(f"image_size must be positive; got {image_size}")
-    if out_channels not in (1, 3):
-        raise ValueError(f"channels must be 1 or 3; got {channels}")
-    mean, std = _channel_stats(spec, out_channels)
-
-    steps: list[Any] = [v2.ToImage(), v2.ToDtype(torch.float32, scale=True)]
-    if out_channels != spec.channels:
-        # Grayscale on a 1-channel image repeats it; on a 3-channel image it takes luminance.
-        steps.append(v2.Grayscale(num_output_channels=out_channels))
-    steps += _fit_steps(spec, size)
+    input_format = InputFormat.of(spec, image_size, channels)
+    size, mean, std = input_format.size, input_format.mean, input_format.std
+    steps = input_format.steps()
     if train:
         if crop:
             steps.append(v2.RandomCrop(size, padding=max(size // 8, 1)))
@@ -247,6 +243,47 @@ def make_transform(
             steps.append(v2.RandomHorizontalFlip())
     steps += [v2.Normalize(mean=list(mean), std=list(std)), v2.ToPureTensor()]
     return v2.Compose(steps)
+
+
+@dataclass(frozen=True)
+class InputFormat:
+    """A dataset's images as a model's input: side, channels and the normalisation of both.
+
+    The common start of every transform (DIM's, the probes', SimCLR's and MoCo's views).
+    """
+
+    spec: DatasetSpec
+    size: int
+    channels: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    @classmethod
+    def of(cls, spec: DatasetSpec, image_size: int | None = None, channels: int | None = None) -> "InputFormat":
+        """``image_size`` and ``channels`` default to the spec's.
+
+        Raises:
+            ValueError: ``channels`` is not 1 or 3, or ``image_size`` is not positive.
+        """
+        size = spec.default_image_size if image_size is None else int(image_size)
+        out_channels = spec.channels if channels is None else int(channels)
+        if size < 1:
+            raise ValueError(f"image_size must be positive; got {image_size}")
+        if out_channels not in (1, 3):
+            raise ValueError(f"channels must be 1 or 3; got {channels}")
+        mean, std = _channel_stats(spec, out_channels)
+        return cls(spec, size, out_channels, mean, std)
+
+    def steps(self) -> list[Any]:
+        """torchvision v2 steps from a raw image to a float tensor in [0, 1] of this format
+        (not normalised): to float, to ``channels``, resized or padded to ``size``."""
+        from torchvision.transforms import v2
+
+        steps: list[Any] = [v2.ToImage(), v2.ToDtype(torch.float32, scale=True)]
+        if self.channels != self.spec.channels:
+            # Grayscale on a 1-channel image repeats it; on a 3-channel image it takes luminance.
+            steps.append(v2.Grayscale(num_output_channels=self.channels))
+        return steps + _fit_steps(self.spec, self.size)
 
 
 def _channel_stats(spec: DatasetSpec, channels: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -329,6 +366,7 @@ def load_dataset(
     limit_seed: int | None = None,
     crop: bool = True,
     flip: bool | None = None,
+    holdout: int | None = None,
 ) -> Dataset:
     """A torch ``Dataset`` of ``(image, label)`` pairs for a dataset name.
 
@@ -345,13 +383,22 @@ def load_dataset(
             subset when ``limit_seed`` is given.
         limit_seed: Seed of the random subset.
         crop, flip: Passed to :func:`make_transform` for the training transform.
+        holdout: Carve this many images out of the training split (a fixed random choice, the
+            same in every run): ``split="holdout"`` gives them, ``split="train"`` the rest. A
+            validation split for choosing a recipe without reading the test set.
 
     Raises:
-        ValueError: Unknown name or split, or a non-positive ``limit``.
+        ValueError: Unknown name or split, a non-positive ``limit``, or a ``holdout`` that
+            does not leave images on both sides.
         DatasetNotFoundError: The dataset is not on this machine and was not downloaded.
     """
     spec = dataset_spec(name)
-    if split not in spec.splits:
+    if split == HOLDOUT_SPLIT and not holdout:
+        raise ValueError(f"split {HOLDOUT_SPLIT!r} is carved from the training split: give holdout=N images")
+    if holdout and split not in ("train", HOLDOUT_SPLIT):
+        raise ValueError(f"holdout carves the training split; split {split!r} has nothing to carve")
+    source_split = "train" if split == HOLDOUT_SPLIT else split
+    if source_split not in spec.splits:
         raise ValueError(f"{name} has splits {', '.join(spec.splits)}; got {split!r}")
     if limit is not None and limit < 1:
         raise ValueError(f"limit must be a positive number of items; got {limit}")
@@ -363,14 +410,26 @@ def load_dataset(
     data_root = Path(root).expanduser() if root is not None else default_data_root()
 
     if name == "digits":
-        dataset: Dataset = _load_digits(split, transform)
+        dataset: Dataset = _load_digits(source_split, transform)
     elif name.startswith(IMAGEFOLDER_PREFIX):
-        dataset = _load_imagefolder(spec, split, transform)
+        dataset = _load_imagefolder(spec, source_split, transform)
     elif name == "fashion-mnist":
-        dataset = _load_fashion_mnist(split, data_root, transform, download)
+        dataset = _load_fashion_mnist(source_split, data_root, transform, download)
     else:
-        dataset = _load_torchvision(spec, split, data_root, transform, download)
+        dataset = _load_torchvision(spec, source_split, data_root, transform, download)
+    if holdout:
+        dataset = _carve(dataset, holdout, keep_holdout=split == HOLDOUT_SPLIT)
     return _limit(dataset, limit, limit_seed)
+
+
+def _carve(dataset: Dataset, holdout: int, keep_holdout: bool) -> Subset:
+    """The ``holdout`` images of a fixed random choice, or the rest of the dataset."""
+    size = len(dataset)
+    if not 0 < holdout < size:
+        raise ValueError(f"holdout must leave images on both sides: 1 to {size - 1} of {size}; got {holdout}")
+    # A fixed seed, not the run's: every run and every probe must carve the same images.
+    order = torch.randperm(size, generator=torch.Generator().manual_seed(HOLDOUT_SEED)).tolist()
+    return Subset(dataset, sorted(order[:holdout] if keep_holdout else order[holdout:]))
 
 
 def _limit(dataset: Dataset, limit: int | None, seed: int | None) -> Dataset:

@@ -26,7 +26,7 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from eval.data import dataset_labels, dataset_spec, load_dataset, make_transform
+from eval.data import HOLDOUT_SPLIT, dataset_labels, dataset_spec, load_dataset, make_transform
 from eval.methods import DataInfo
 
 __all__ = ["EpochSampler", "PretrainDataModule", "SeededAugmentation", "ShardSampler", "mix_seed"]
@@ -176,7 +176,9 @@ class PretrainDataModule(pl.LightningDataModule):
         self.spec = dataset_spec(self.config["dataset"])
         self.image_size = int(self.config["image_size"] or self.spec.default_image_size)
         self.channels = int(self.config["channels"] or self.spec.channels)
-        if self.config["val_split"] not in self.spec.splits:
+        if self.config["holdout"]:
+            self.config["val_split"] = HOLDOUT_SPLIT  # the carved images are the held-out split
+        elif self.config["val_split"] not in self.spec.splits:
             raise ValueError(
                 f"data.val_split: {self.spec.name} has splits {', '.join(self.spec.splits)}; "
                 f"got {self.config['val_split']!r}"
@@ -196,6 +198,7 @@ class PretrainDataModule(pl.LightningDataModule):
         transform = self.train_transform or make_transform(
             self.spec, self.image_size, self.channels, train=True, crop=cfg["crop"], flip=cfg["flip"]
         )
+        common["holdout"] = cfg["holdout"]
         self.train_set = load_dataset(cfg["dataset"], "train", transform=transform, limit=cfg["limit_train"], **common)
         self.val_set = load_dataset(cfg["dataset"], cfg["val_split"], limit=cfg["limit_val"], **common)
 

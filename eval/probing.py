@@ -168,21 +168,26 @@ def probe_data(
     limit_test: int | None = None,
     test_split: str = "test",
     download: bool = False,
+    holdout: int | None = None,
 ) -> ProbeData:
     """Both splits of ``dataset`` with the evaluation transform, at the given size and channels.
 
-    ``limit_*`` keep the first N items (as ``data.limit_train`` does for pretraining).
+    ``limit_*`` keep the first N items (as ``data.limit_train`` does for pretraining). With
+    ``holdout`` the test side is the carved validation split and the train side the rest of the
+    training split (as ``data.holdout`` does for pretraining): the test split is not read.
 
     Raises:
         ValueError: Unknown dataset or split.
         eval.data.DatasetNotFoundError: The dataset is not on this machine.
     """
-    from eval.data import dataset_spec, load_dataset
+    from eval.data import HOLDOUT_SPLIT, dataset_spec, load_dataset
 
     spec = dataset_spec(dataset)
     size = int(image_size or spec.default_image_size)
     chans = int(channels or spec.channels)
     common = {"root": root, "image_size": size, "channels": chans, "download": download}
+    if holdout:
+        common["holdout"], test_split = holdout, HOLDOUT_SPLIT
     train = load_dataset(dataset, "train", limit=limit_train, **common)
     test = load_dataset(dataset, test_split, limit=limit_test, **common)
     base = getattr(train, "dataset", train)  # through a Subset

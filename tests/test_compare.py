@@ -48,6 +48,22 @@ def test_without_a_compare_section_the_default_four_methods_are_compared(tmp_pat
     assert {c["encoder"]["name"] for c in comparison.configs} == {"test_resnet"}
 
 
+def test_only_keeps_the_named_methods_and_names_unknown_labels(tmp_path):
+    config = write_config(tmp_path / "plain.yaml", "name: plain\nencoder: {name: test_resnet}\n")
+    comparison = resolve_comparison(config, only=["MoCo", "DIM(L)"])
+    assert [m.label for m in comparison.methods] == ["DIM(L)", "MoCo"]  # the configuration's order
+    assert [c["method"]["name"] for c in comparison.configs] == ["dim", "moco"]
+    with pytest.raises(ConfigError, match="no method labelled 'BYOL'.*'SimCLR'"):
+        resolve_comparison(config, only=["BYOL"])
+
+
+def test_the_recipe_search_reads_only_the_training_split():
+    comparison = resolve_comparison("configs/search_fmnist.yaml")
+    assert comparison.base["data"]["holdout"] == 10_000
+    assert all(c["data"]["holdout"] == 10_000 for c in comparison.configs)
+    assert {c["method"]["name"] for c in comparison.configs} == {"dim"}
+
+
 def test_quickstart_serves_both_pretrain_and_compare():
     config = resolve_config(QUICKSTART)  # what `dim-ssl pretrain configs/quickstart.yaml` resolves
     assert "compare" not in config and config["method"]["name"] == "dim"

@@ -115,6 +115,40 @@ def test_limit_keeps_first_items_or_a_seeded_subset():
     assert len(load_dataset("digits", "test", limit=10_000)) == 360  # larger than the split
 
 
+def test_holdout_carves_a_fixed_disjoint_validation_split_from_train():
+    full = load_dataset("digits", "train")
+    rest = load_dataset("digits", "train", holdout=300)
+    held = load_dataset("digits", "holdout", holdout=300)
+    assert len(held) == 300 and len(rest) == len(full) - 300
+    assert not set(rest.indices) & set(held.indices)  # disjoint, and together all of train
+    assert sorted(rest.indices + held.indices) == list(range(len(full)))
+    assert held.indices != list(range(300))  # a random choice, not the first images ...
+    assert load_dataset("digits", "holdout", holdout=300).indices == held.indices  # ... but fixed
+    assert torch.equal(held[0][0], full[held.indices[0]][0])
+    limited = load_dataset("digits", "train", holdout=300, limit=40)
+    assert [rest.indices[i] for i in limited.indices] == rest.indices[:40]
+
+
+@pytest.mark.parametrize(
+    "split, holdout, message",
+    [("holdout", None, "give holdout=N"), ("test", 10, "nothing to carve"), ("train", 10_000, "both sides")],
+)
+def test_bad_holdout_is_refused(split, holdout, message):
+    with pytest.raises(ValueError, match=message):
+        load_dataset("digits", split, holdout=holdout)
+
+
+def test_datamodule_with_holdout_never_reads_the_test_split():
+    from eval.config import resolve_config
+    from eval.datamodule import PretrainDataModule
+
+    config = resolve_config(None, ["data.dataset=digits", "data.holdout=200"])
+    module = PretrainDataModule(config["data"], seed=0)
+    module.setup()
+    assert len(module.val_set) == 200 and len(module.train_set) == len(load_dataset("digits", "train")) - 200
+    assert module.val_set.indices == load_dataset("digits", "holdout", holdout=200).indices
+
+
 def test_dataloader_with_default_collate_gives_image_batches():
     dataset = load_dataset("digits", "train", train_transform=True, channels=3, limit=20)
     images, labels = next(iter(DataLoader(dataset, batch_size=8, shuffle=True)))

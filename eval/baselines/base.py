@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import copy
 import math
+from abc import ABC, abstractmethod
 from typing import Any, Callable, Mapping, Sequence
 
 import pytorch_lightning as pl
@@ -31,7 +32,7 @@ from lightly.utils.benchmarking import OnlineLinearClassifier
 from lightly.utils.scheduler import CosineWarmupScheduler
 from torch import Tensor, nn
 
-from eval.data import DatasetSpec, _channel_stats, _fit_steps, dataset_spec
+from eval.data import DatasetSpec, InputFormat, dataset_spec
 
 __all__ = [
     "BASELINE_METHOD_DEFAULTS",
@@ -167,18 +168,9 @@ def lightly_two_view_transform(
     from torchvision.transforms import v2
 
     spec = dataset_spec(spec) if isinstance(spec, str) else spec
-    size = spec.default_image_size if image_size is None else int(image_size)
-    out_channels = spec.channels if channels is None else int(channels)
-    if size < 1:
-        raise ValueError(f"image_size must be positive; got {image_size}")
-    if out_channels not in (1, 3):
-        raise ValueError(f"channels must be 1 or 3; got {channels}")
-    mean, std = _channel_stats(spec, out_channels)
-
-    steps: list[Any] = [v2.ToImage(), v2.ToDtype(torch.float32, scale=True)]
-    if out_channels != spec.channels:
-        steps.append(v2.Grayscale(num_output_channels=out_channels))
-    steps += _fit_steps(spec, size)
+    input_format = InputFormat.of(spec, image_size, channels)
+    size, mean, std = input_format.size, input_format.mean, input_format.std
+    steps = input_format.steps()
     steps.append(v2.ToPILImage())  # float [0, 1] -> 8-bit "L" / "RGB"
     kwargs: dict[str, Any] = {
         "input_size": size,
@@ -194,7 +186,7 @@ def lightly_two_view_transform(
 # The shared LightningModule
 
 
-class ContrastiveBaseline(pl.LightningModule):
+class ContrastiveBaseline(pl.LightningModule, ABC):
     """Base of the SimCLR and MoCo baselines: backbone, online classifier, optimizer, features.
 
     Subclasses build their projection head as ``self.projection_head`` and their loss, and
@@ -308,11 +300,11 @@ class ContrastiveBaseline(pl.LightningModule):
 
     # ---- training -------------------------------------------------------------------------
 
+    @abstractmethod
     def contrastive_loss(self, views: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
         """The method's loss on a list of views, and pooled features the step computed anyway,
         for the online classifier: those of the first ``k`` views stacked view after view,
         ``(k * N, pooled_dim)``."""
-        raise NotImplementedError
 
     def training_step(self, batch: Sequence[Any], batch_idx: int) -> Tensor:
         views, labels = batch[0], batch[1]

@@ -10,10 +10,6 @@ random-init and raw-pixel baselines alike (kNN and linear probe), and writes the
 from __future__ import annotations
 
 import argparse
-import sys
-
-_EXIT_CONFIG_ERROR = 2
-_EXIT_RUN_ERROR = 1
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -24,6 +20,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="dotted overrides of the shared configuration or the compare section: "
              "compare.budget.seconds=60 data.limit_train=512 encoder.name=resnet34",
     )
+    parser.add_argument(
+        "--methods", type=lambda text: [label.strip() for label in text.split(",")], metavar="LABEL,...",
+        help="only the methods with these labels (e.g. to run halves of a recipe search in two "
+             "processes, each with its own output_dir=...)",
+    )
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--overwrite", action="store_true",
                       help="start afresh in an output folder that holds an earlier comparison (deletes its runs)")
@@ -33,33 +34,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from eval.checkpoint import CheckpointError
-    from eval.compare import OutputInUse, resolve_comparison, run_comparison
-    from eval.config import ConfigError
-    from eval.data import DatasetNotFoundError
-    from eval.training import RunError, TrainingInterrupted
+    from eval.commands._guarded import run_guarded
+    from eval.compare import resolve_comparison, run_comparison
 
-    def fail(message: str, status: int) -> int:
-        print(f"dim-ssl compare: error: {message}", file=sys.stderr)
-        return status
-
-    try:
-        comparison = resolve_comparison(args.config, args.overrides)
-    except ConfigError as err:
-        return fail(str(err), _EXIT_CONFIG_ERROR)
-    try:
-        result = run_comparison(comparison, overwrite=args.overwrite, reuse=args.reuse)
-    except ConfigError as err:
-        return fail(str(err), _EXIT_CONFIG_ERROR)
-    except (DatasetNotFoundError, CheckpointError, RunError, OutputInUse) as err:
-        return fail(str(err), _EXIT_RUN_ERROR)
-    except TrainingInterrupted as stop:
-        command = " ".join(["dim-ssl compare", args.config, *args.overrides, "--reuse"])
-        print(f"\n{stop}\nthe finished methods are kept; continue with: {command}", file=sys.stderr)
-        return 128 + int(stop.signum)
-    except KeyboardInterrupt:
-        print("\nstopped by SIGINT", file=sys.stderr)
-        return 130
+    only = ["--methods", ",".join(args.methods)] if args.methods else []
+    outcome = run_guarded(
+        "compare",
+        lambda: resolve_comparison(args.config, args.overrides, only=args.methods),
+        lambda comparison: run_comparison(comparison, overwrite=args.overwrite, reuse=args.reuse),
+        [args.config, *args.overrides, *only],
+    )
+    if isinstance(outcome, int):
+        return outcome
+    comparison, result = outcome
     print(f"\n## {result['title']}\n")
     print(result["table"])
     print(f"written to {comparison.out} in {result['seconds']:.0f} s: "

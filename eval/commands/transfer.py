@@ -9,10 +9,6 @@ table (Markdown, CSV, JSON) and embedding plots (see :mod:`eval.transfer`).
 from __future__ import annotations
 
 import argparse
-import sys
-
-_EXIT_CONFIG_ERROR = 2
-_EXIT_RUN_ERROR = 1
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -31,33 +27,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from eval.checkpoint import CheckpointError
-    from eval.config import ConfigError
-    from eval.data import DatasetNotFoundError
-    from eval.training import RunError, TrainingInterrupted
-    from eval.transfer import OutputInUse, resolve_transfer, run_transfer
+    from eval.commands._guarded import run_guarded
+    from eval.transfer import resolve_transfer, run_transfer
 
-    def fail(message: str, status: int) -> int:
-        print(f"dim-ssl transfer: error: {message}", file=sys.stderr)
-        return status
-
-    try:
-        transfer = resolve_transfer(args.config, args.overrides)
-    except ConfigError as err:
-        return fail(str(err), _EXIT_CONFIG_ERROR)
-    try:
-        result = run_transfer(transfer, overwrite=args.overwrite, reuse=args.reuse)
-    except ConfigError as err:
-        return fail(str(err), _EXIT_CONFIG_ERROR)
-    except (DatasetNotFoundError, CheckpointError, RunError, OutputInUse) as err:
-        return fail(str(err), _EXIT_RUN_ERROR)
-    except TrainingInterrupted as stop:
-        command = " ".join(["dim-ssl transfer", args.config, *args.overrides, "--reuse"])
-        print(f"\n{stop}\nthe finished runs are kept; continue with: {command}", file=sys.stderr)
-        return 128 + int(stop.signum)
-    except KeyboardInterrupt:
-        print("\nstopped by SIGINT", file=sys.stderr)
-        return 130
+    outcome = run_guarded(
+        "transfer",
+        lambda: resolve_transfer(args.config, args.overrides),
+        lambda transfer: run_transfer(transfer, overwrite=args.overwrite, reuse=args.reuse),
+        [args.config, *args.overrides],
+    )
+    if isinstance(outcome, int):
+        return outcome
+    transfer, result = outcome
     print(f"\n## {result['title']}\n")
     print(result["table"])
     print(f"written to {transfer.out} in {result['seconds']:.0f} s")
