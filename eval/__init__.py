@@ -3,7 +3,7 @@
 Depends on ``dim_ssl`` through its public API only; ``dim_ssl`` never imports this package.
 """
 
-from eval.knn import knn_accuracy
-from eval.linear_probe import linear_probe_accuracy
+from eval.probes.knn import knn_accuracy
+from eval.probes.linear import linear_probe_accuracy
 
 __all__ = ["knn_accuracy", "linear_probe_accuracy"]

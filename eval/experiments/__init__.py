@@ -1,0 +1,1 @@
+"""Experiments built on training and probes: compare, transfer, evaluate, bench, curves, reports."""

@@ -1,0 +1,160 @@
+"""Two-view methods (SimCLR, MoCo, BYOL, ...): lightly's view transforms and their shared base.
+
+The contrastive and self-distillation baselines exist to put DIM side by side with them on
+*the same backbone*: they take a :class:`dim_ssl.DIMEncoder`, train the part of it that
+computes the pooled features (``encoder.pool``), leave DIM's summary MLP frozen, and put
+lightly's heads and losses on top. Nothing lightly provides is rewritten: losses, heads,
+momentum updates, schedules, transforms and the online classifier all come from lightly.
+
+:class:`TwoViewMethod` adds to :class:`~eval.methods.base.MethodModule` what these methods
+share: two views per image from one of lightly's multi-view transforms (``view_transform``,
+with lightly's CIFAR-10 recipe for small images), a ``transform`` key in the ``method`` section
+whose entries override the transform's keyword arguments, the projection head's output as
+the probe position ``"proj"``, and lightly's CIFAR-10 optimizer recipe (:data:`LIGHTLY_CIFAR10`).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, ClassVar, Mapping, Sequence
+
+from torch import Tensor, nn
+from torchvision.transforms import v2
+
+from dim_ssl import DIMEncoder, EncoderOutput
+from eval.data import DatasetSpec, InputFormat
+from eval.methods.base import MethodModule
+
+__all__ = ["LIGHTLY_CIFAR10", "SMALL_IMAGE_SIZE", "TwoViewMethod", "TwoViewTransform", "lightly_two_view_transform"]
+
+#: lightly's CIFAR-10 benchmark (docs/source/getting_started/benchmarks/cifar10_benchmark.py):
+#: SGD at lr 0.06 for batch size 128, scaled linearly, momentum 0.9, weight decay 5e-4, cosine
+#: decay; the online classifier at the same rate.
+LIGHTLY_CIFAR10: dict[str, dict[str, Any]] = {
+    "optimizer": {
+        "name": "sgd", "lr": 0.06, "reference_batch_size": 128, "momentum": 0.9, "weight_decay": 5e-4,
+        "schedule": "cosine",
+    },
+    "monitor": {"online_lr": 0.06},
+}
+
+# Inputs at most this wide get lightly's small-image recipe (its CIFAR-10 benchmark): no
+# Gaussian blur, which on a 32-pixel image wipes out most of the content.
+SMALL_IMAGE_SIZE = 32
+
+
+class TwoViewTransform:
+    """Raw image -> list of augmented, normalised views, with lightly's multi-view transform.
+
+    Our datasets hand out raw tensors (uint8 or float, 1 or 3 channels, native size), while
+    lightly's view transforms are written for PIL images (its Gaussian blur round-trips every
+    tensor through PIL anyway). ``prepare`` brings the raw image to the channels and size the
+    models see (exactly as :func:`eval.data.make_transform`'s evaluation transform does, so
+    training views and probe inputs share their geometry) and hands a PIL image ("L" or
+    "RGB") to ``views``, lightly's transform, which crops, jitters, converts to a tensor and
+    normalises.
+
+    Attributes:
+        prepare: raw image -> PIL image at the model's size and channels.
+        views: lightly's ``MultiViewTransform`` (``SimCLRTransform``, ``MoCoV2Transform``, ...).
+    """
+
+    def __init__(self, prepare: Callable[[Any], Any], views: Callable[[Any], list[Tensor]]) -> None:
+        self.prepare = prepare
+        self.views = views
+
+    def __call__(self, image: Any) -> list[Tensor]:
+        return self.views(self.prepare(image))
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(prepare={self.prepare}, views={type(self.views).__name__})"
+
+
+def lightly_two_view_transform(
+    transform_class: type,
+    spec: DatasetSpec,
+    image_size: int | None = None,
+    channels: int | None = None,
+    small_image_recipe: Mapping[str, Any] | None = None,
+    **overrides: Any,
+) -> TwoViewTransform:
+    """A :class:`TwoViewTransform` around one of lightly's multi-view transforms for a dataset.
+
+    Args:
+        transform_class: lightly's transform class (``SimCLRTransform``, ``MoCoV2Transform``).
+        spec: The dataset's spec (mean, std, native size and channels, hflip).
+        image_size: Side of the views; default ``spec.default_image_size``.
+        channels: 1 or 3; default ``spec.channels``.
+        small_image_recipe: Keyword arguments for images of at most :data:`SMALL_IMAGE_SIZE`
+            pixels (lightly's CIFAR-10 benchmark).
+        **overrides: Any keyword argument of ``transform_class``, winning over the recipe.
+
+    The normalisation is always the dataset's mean and std (not lightly's ImageNet default),
+    so the views match what the probes see; a horizontal flip is used only where
+    ``spec.hflip`` says it keeps the class (never for digits).
+
+    Raises:
+        TypeError, ValueError: An argument ``transform_class`` refuses.
+    """
+    input_format = InputFormat.of(spec, image_size, channels)
+    steps = input_format.steps()
+    steps.append(v2.ToPILImage())  # float [0, 1] -> 8-bit "L" / "RGB"
+    recipe = small_image_recipe if input_format.size <= SMALL_IMAGE_SIZE else None
+    kwargs: dict[str, Any] = {
+        "input_size": input_format.size,
+        "hf_prob": 0.5 if spec.hflip else 0.0,
+        "normalize": {"mean": list(input_format.mean), "std": list(input_format.std)},
+        **(recipe or {}),
+        **overrides,
+    }
+    return TwoViewTransform(v2.Compose(steps), transform_class(**kwargs))
+
+
+class TwoViewMethod(MethodModule):
+    """Base of the two-view methods: lightly's views, a frozen summary MLP, ``"proj"`` features.
+
+    Subclasses set :attr:`view_transform` (and :attr:`small_image_recipe`), build
+    ``self.projection_head`` (input width ``encoder.pooled_dim``) and implement
+    ``training_loss``.
+
+    Args:
+        encoder, num_classes, image_shape, **common: See :class:`~eval.methods.base.MethodModule`.
+        transform: Keyword arguments of :attr:`view_transform` that override the recipe (e.g.
+            ``{min_scale: 0.2}``).
+    """
+
+    recipe = LIGHTLY_CIFAR10
+    num_views = 2
+    trains_summary = False
+    extra_positions = ("proj",)
+    view_transform: ClassVar[type]
+    small_image_recipe: ClassVar[Mapping[str, Any]] = {}
+    projection_head: nn.Module
+
+    def __init__(
+        self,
+        encoder: DIMEncoder,
+        num_classes: int,
+        image_shape: Sequence[int],
+        *,
+        transform: Mapping[str, Any] = {},  # noqa: B006 (read-only; {} marks a free-form key)
+        **common: Any,
+    ) -> None:
+        super().__init__(encoder, num_classes, image_shape, **common)
+        self.transform_overrides = dict(transform)
+
+    def train_transform(self, spec: DatasetSpec, image_size: int, channels: int) -> TwoViewTransform:
+        """Two views of every image from lightly's :attr:`view_transform`, in the data's format.
+
+        Raises:
+            ValueError: ``transform`` holds an argument the transform refuses.
+        """
+        try:
+            return lightly_two_view_transform(
+                self.view_transform, spec, image_size, channels, self.small_image_recipe, **self.transform_overrides
+            )
+        except TypeError as err:
+            raise ValueError(f"transform of {type(self).__name__}: {err}") from None
+
+    def extra_features(self, encoded: EncoderOutput) -> dict[str, Tensor]:
+        """``"proj"``: the projection head's output on the pooled features."""
+        return {"proj": self.projection_head(encoded.pooled)}

@@ -1,0 +1,2 @@
+"""Probes of frozen features: extraction (with a cache), FAISS kNN, the linear probe, and the
+suite that runs them alike for every model of an experiment."""

@@ -1,0 +1,1 @@
+"""Pretraining runs: configuration, data module, the loop, checkpoints, exact resume, progress."""
