@@ -18,15 +18,22 @@ are the scores. Because a score is a bilinear form, the input net's last linear 
 linear shortcut) can move to the summary side: ``<W h + b + S x, s> = <[h, x], s [W | S]> +
 <b, s>``. With many more location vectors (N * M^2) than summaries (n) this halves the cost
 of the all-pairs scores; ``DotCritic.fold_pays`` decides from the sizes.
+
+``CRITICS`` registers the shapes by name (``DIMHead(critic=name)``): each ``CriticShape`` names
+its local and global critic classes and the negatives modes it can score. A new shape is one
+entry there.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from dim_ssl.negatives import NEGATIVE_MODES
 
 
 class ResidualEmbedding(nn.Module):
@@ -257,3 +264,93 @@ class GlobalConcatCritic(nn.Module):
     def forward(self, feature_map: Tensor, y: Tensor) -> Tensor:
         """Scores ``(N, 1)`` of ``feature_map[n]`` against ``y[n]``."""
         return self.net(torch.cat([self.map_encoder(feature_map), y], dim=1))
+
+
+@dataclass(frozen=True)
+class CriticShape:
+    """One critic shape: the classes ``DIMHead`` builds for its two terms and what they can score.
+
+    The head scores a critic by what it is. A ``DotCritic`` hands over factors whose matrix
+    product gives every pair at once, so it serves every negatives mode. Any other critic scores
+    the pairs it is given, one forward each (local: ``input_vectors`` and ``score_vectors``,
+    global: ``forward(feature_map, y) -> (N, 1)``, as the concat critics do), which only
+    ``"shuffle"`` affords: all pairs would cost N forwards.
+
+    Attributes:
+        local_critic: class of the local term's critic, built as
+            ``local_critic(local_channels, global_dim, **widths)``.
+        global_critic: class of the global term's critic, built the same way.
+        negatives: the negatives modes (``dim_ssl.negatives.NEGATIVE_MODES``) it can score.
+        widths: which of the head's width arguments (``hidden_dim``, ``embed_dim``) both
+            classes take.
+        restriction: why the other negatives modes are refused, for the error message
+            (``""`` when it takes them all).
+
+    Raises:
+        ValueError: for an unknown negatives mode, none at all, or ``"all"`` with critics
+            that are not ``DotCritic``s.
+
+    Examples:
+        >>> # MyLocalCritic, MyGlobalCritic: DotCritic subclasses taking (channels, dim, hidden_dim)
+        >>> CRITICS["mine"] = CriticShape(MyLocalCritic, MyGlobalCritic, negatives=("all", "shuffle"))
+        >>> head = DIMHead(128, 64, critic="mine", negatives="all")
+    """
+
+    local_critic: type[nn.Module]
+    global_critic: type[nn.Module]
+    negatives: tuple[str, ...]
+    widths: tuple[str, ...] = ("hidden_dim",)
+    restriction: str = ""
+
+    def __post_init__(self) -> None:
+        unknown = [mode for mode in self.negatives if mode not in NEGATIVE_MODES]
+        if not self.negatives or unknown:
+            raise ValueError(
+                f"a critic shape needs negatives modes from {', '.join(NEGATIVE_MODES)}; got {self.negatives!r}"
+            )
+        scores_all_pairs = all(issubclass(c, DotCritic) for c in (self.local_critic, self.global_critic))
+        if "all" in self.negatives and not scores_all_pairs:
+            raise ValueError(
+                f'negatives="all" needs DotCritic subclasses (all pairs from one matrix product); '
+                f"{self.local_critic.__name__} and {self.global_critic.__name__} score one pair per forward"
+            )
+
+    def options(self, **available: int) -> dict[str, int]:
+        """The width arguments this shape's classes take, picked from the head's ``available`` ones."""
+        return {name: available[name] for name in self.widths}
+
+
+# The paper's two shapes by name (Hjelm et al. 2019, appendix A.2), in the order error
+# messages list them. Register a new one here.
+CRITICS: dict[str, CriticShape] = {
+    "dot": CriticShape(
+        LocalDotCritic, GlobalDotCritic, negatives=("all", "shuffle"), widths=("hidden_dim", "embed_dim")
+    ),
+    "concat": CriticShape(
+        LocalConcatCritic,
+        GlobalConcatCritic,
+        negatives=("shuffle",),
+        restriction="scores one pair per forward, so all pairs would cost N forwards",
+    ),
+}
+
+
+def get_critic_shape(critic: str, negatives: str) -> CriticShape:
+    """The registered shape named ``critic``, checked against the negatives mode it must score.
+
+    Raises:
+        ValueError: for an unknown critic or negatives mode, or a mode the shape cannot score
+            (the message names the modes it can, and the critics that can score this one).
+    """
+    if not isinstance(critic, str) or critic not in CRITICS:
+        raise ValueError(f"unknown critic {critic!r}; expected one of {', '.join(CRITICS)}")
+    if not isinstance(negatives, str) or negatives not in NEGATIVE_MODES:
+        raise ValueError(f"unknown negatives mode {negatives!r}; expected one of {', '.join(NEGATIVE_MODES)}")
+    shape = CRITICS[critic]
+    if negatives not in shape.negatives:
+        supported = " or ".join(f'negatives="{mode}"' for mode in shape.negatives)
+        others = " or ".join(f'critic="{name}"' for name, other in CRITICS.items() if negatives in other.negatives)
+        reason = f" {shape.restriction}" if shape.restriction else f' cannot score negatives="{negatives}"'
+        alternative = f", or {others} for {NEGATIVE_MODES[negatives]}" if others else ""
+        raise ValueError(f'critic="{critic}"{reason}: use {supported} with it{alternative}')
+    return shape

@@ -2,11 +2,13 @@
 
 In-batch negatives get better with the batch: with ``gather_distributed=True`` each rank scores
 its own summaries against the critic embeddings of every rank's images. The gather must pass
-gradients back to the rank that produced each slice.
+gradients back to the rank that produced each slice. The same gather, public as
+``dim_ssl.gather_with_grad``, serves anything else that needs every rank's rows (validation
+features for a kNN check, their labels), gradients or not, equal row counts or not.
 
 We do not use ``torch.distributed.nn.functional.all_gather``: under gloo (torch 2.14.1, CPU) it
 returns wrong gradients when the incoming gradient is not contiguous, which is what an einsum
-or a transposed matmul produces (DESIGN.md, "Known pitfalls"). The Function below makes the
+or a transposed matmul produces (docs/design.md, "Known pitfalls"). The Function below makes the
 gradients contiguous and sums them over ranks itself.
 """
 
@@ -67,11 +69,36 @@ def _gather_sizes(local_size: int, device: torch.device) -> list[int]:
 
 
 def gather_with_grad(tensor: Tensor) -> tuple[Tensor, int]:
-    """Concatenates ``tensor`` from all ranks along dim 0, with gradients.
+    """Concatenates ``tensor`` from all ranks along dim 0, in rank order, with gradients.
+
+    The backward sums the gradients every rank's loss sends to a slice and hands each rank
+    the gradient of its own rows (with DDP's average over ranks, the gradient of the global
+    batch's mean loss). The gloo pitfall of ``torch.distributed.nn.functional.all_gather``
+    (docs/design.md, "Known pitfalls") does not apply: incoming gradients are made contiguous.
+
+    It also gathers rows that need no gradient: validation features and labels for a kNN
+    check, say, under ``torch.no_grad()`` or for integer tensors (then it is a plain
+    ``all_gather`` with no backward). Ranks may hold different numbers of rows (the last,
+    smaller batch of a split that does not divide evenly): slices are padded to the largest
+    for the collective and the padding is dropped, so nothing needs padding or trimming by
+    the caller. On one process, or without an initialised process group, it returns the
+    tensor itself: the same code runs unchanged with and without data parallelism.
+
+    Every rank must call it (a collective), with tensors equal in every dimension but the first
+    and in dtype and device.
+
+    Args:
+        tensor: ``(n_rank, *rest)``, this rank's rows.
 
     Returns:
-        The gathered tensor and the row at which this rank's slice starts. Without an
-        initialised process group it returns ``(tensor, 0)`` unchanged.
+        The gathered ``(sum of n_rank over ranks, *rest)`` tensor, and the row at which this
+        rank's slice starts in it (``0`` on one process).
+
+    Examples:
+        >>> features, offset = gather_with_grad(embeddings)      # (N_all, K): every rank's rows
+        >>> with torch.no_grad():
+        ...     val_features, _ = gather_with_grad(encoder.features(images, "pool"))
+        ...     val_labels, _ = gather_with_grad(labels)
     """
     if not is_distributed() or dist.get_world_size() == 1:
         return tensor, 0

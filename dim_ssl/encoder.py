@@ -4,22 +4,28 @@ C(x) is an intermediate stage of the backbone (the local feature map), read thro
 documented path to intermediate features, ``forward_intermediates``, which treats CNNs and ViTs
 alike (a ViT's patch tokens come back as a grid, prefix tokens dropped). The summary
 y = f(C(x)) is an MLP (hidden 1024, as in the paper) on the backbone's pooled final features.
+It satisfies ``dim_ssl.DIMEncoder`` (``dim_ssl.encoder_protocol``).
 """
 
 from __future__ import annotations
 
 import difflib
-from typing import Any
+from itertools import chain
+from typing import Any, Iterator
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-POSITIONS = ("conv", "fc", "y", "pool")
+from dim_ssl.encoder_protocol import FEATURE_POSITIONS, EncoderOutput, check_position
+
 
 
 class TimmEncoder(nn.Module):
     """A timm model split into a local feature map and a global summary for DIM.
+
+    A ``dim_ssl.DIMEncoder``: ``forward``, ``encode``, ``pool``, ``features`` and
+    ``summary_parameters`` (the MLP f: ``fc`` and ``to_summary``).
 
     Args:
         model_name: any timm model name with ``forward_intermediates`` (``timm.list_models()``).
@@ -35,14 +41,25 @@ class TimmEncoder(nn.Module):
         min_map_size: the smallest map width the default stage may have.
         **timm_kwargs: passed to ``timm.create_model`` unchanged (``img_size=64``, ``drop_path_rate``...).
 
+    Attributes:
+        backbone: the timm model (``num_classes=0``).
+        fc: f's hidden layer, FC ``hidden_dim`` + BatchNorm + ReLU on the pooled features.
+        to_summary: f's last layer, linear to y (no normalisation, no activation).
+        feature_channels, feature_reduction: channels and stride of the local map's stage.
+        pooled_dim: width of the pooled features (``head_hidden_size`` or ``num_features``).
+        feature_positions: ``FEATURE_POSITIONS``, the positions ``features`` accepts.
+
     Raises:
         ValueError: for an unknown model name, a model without ``forward_intermediates`` or
-            ``feature_info``, or a stage index that does not exist.
+            ``feature_info``, or a stage index that does not exist; in ``forward``, ``encode``,
+            ``pool`` and ``features``, for images with the wrong number of channels.
 
     Examples:
         >>> encoder = TimmEncoder("resnet18", global_dim=64, in_chans=1)
         >>> feature_map, y = encoder(torch.randn(8, 1, 32, 32))   # (8, 128, 4, 4), (8, 64)
     """
+
+    feature_positions: tuple[str, ...] = FEATURE_POSITIONS
 
     def __init__(
         self,
@@ -98,25 +115,35 @@ class TimmEncoder(nn.Module):
         )
         self.to_summary = nn.Linear(hidden_dim, global_dim)
 
-    def _encode(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """Returns (feature map, pooled features, fc hidden, y) from one backbone pass."""
-        if x.dim() != 4 or x.shape[1] != self.in_chans:
-            raise ValueError(
-                f"expected images of shape (N, {self.in_chans}, H, W); got {tuple(x.shape)}"
-                + (" (set in_chans to the data's channels)" if x.dim() == 4 else "")
-            )
+    def encode(self, x: Tensor) -> EncoderOutput:
+        """``(feature_map, pooled, hidden, y)`` from one backbone pass, with gradients.
+
+        ``feature_map`` ``(N, C, M, M)`` is the chosen stage after a ReLU, ``pooled``
+        ``(N, pooled_dim)`` the backbone's ``forward_head(..., pre_logits=True)``, ``hidden``
+        ``(N, hidden_dim)`` f's hidden layer, ``y`` ``(N, global_dim)`` the summary.
+        """
+        self._check_input(x)
         final, (local,) = self.backbone.forward_intermediates(x, indices=[self.feature_stage])
-        pooled = self.backbone.forward_head(final, pre_logits=True)
+        pooled = self.backbone.forward_head(final, pre_logits=True).flatten(1)
         # The map that enters the MI terms is post-ReLU (the paper found this matters); a
         # ViT's tokens or a ConvNeXt's normalised stage output are not, on their own.
         feature_map = F.relu(local)
         hidden = self.fc(pooled)
-        return feature_map, pooled, hidden, self.to_summary(hidden)
+        return EncoderOutput(feature_map, pooled, hidden, self.to_summary(hidden))
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """``x -> (feature_map (N, C, M, M), y (N, D))``."""
-        feature_map, _, _, y = self._encode(x)
-        return feature_map, y
+        out = self.encode(x)
+        return out.feature_map, out.y
+
+    def pool(self, x: Tensor) -> Tensor:
+        """The backbone's pooled features ``(N, pooled_dim)``, with gradients, without f.
+
+        ``backbone.forward_head(backbone.forward_features(x), pre_logits=True)``: the same
+        numbers as ``encode(x).pooled``, for methods that train the backbone alone.
+        """
+        self._check_input(x)
+        return self.backbone.forward_head(self.backbone.forward_features(x), pre_logits=True).flatten(1)
 
     @torch.no_grad()
     def features(self, x: Tensor, position: str = "pool") -> Tensor:
@@ -126,10 +153,19 @@ class TimmEncoder(nn.Module):
         ``"y"`` (the summary) and ``"pool"`` (the backbone's pooled features). Call
         ``encoder.eval()`` first so that BatchNorm uses its running statistics.
         """
-        if position not in POSITIONS:
-            raise ValueError(f"unknown position {position!r}; expected one of {', '.join(POSITIONS)}")
-        feature_map, pooled, hidden, y = self._encode(x)
-        return {"conv": feature_map.flatten(1), "fc": hidden, "y": y, "pool": pooled}[position]
+        check_position(position)
+        return self.encode(x).at(position)
+
+    def summary_parameters(self) -> Iterator[nn.Parameter]:
+        """The parameters of f, pooled features -> y (``fc`` and ``to_summary``), which only DIM trains."""
+        return chain(self.fc.parameters(), self.to_summary.parameters())
+
+    def _check_input(self, x: Tensor) -> None:
+        if x.dim() != 4 or x.shape[1] != self.in_chans:
+            raise ValueError(
+                f"expected images of shape (N, {self.in_chans}, H, W); got {tuple(x.shape)}"
+                + (" (set in_chans to the data's channels)" if x.dim() == 4 else "")
+            )
 
     def feature_map_size(self, input_size: int) -> int:
         """Width M of the local map for square inputs of ``input_size`` pixels."""

@@ -19,14 +19,12 @@ from typing import Any, Iterator
 import torch
 from torch import Tensor, nn
 
-from dim_ssl.critics import DotCritic, GlobalConcatCritic, GlobalDotCritic, LocalConcatCritic, LocalDotCritic
+from dim_ssl.critics import DotCritic, get_critic_shape
 from dim_ssl.distributed import _gather_sizes, all_reduce_log_sum_exp, gather_with_grad, world_size
-from dim_ssl.estimators import check_estimator, mi_lower_bound_from_pairs
-from dim_ssl.negatives import NEGATIVE_MODES, gather_locations, shuffled_partners
+from dim_ssl.estimators import get_estimator, mi_lower_bound_from_pairs
+from dim_ssl.negatives import gather_locations, shuffled_partners
 from dim_ssl.prior import PRIORS, PriorMatching
 from dim_ssl.scoring import all_pairs_bound
-
-CRITICS = ("dot", "concat")
 
 # The paper's two headline models (Hjelm et al. 2019, section 4.2).
 PRESETS: dict[str, dict[str, float]] = {
@@ -66,8 +64,10 @@ class DIMHead(nn.Module):
     Args:
         local_channels: C, channels of the local feature map.
         global_dim: D, size of the summary vector y.
-        estimator: MI lower bound, ``"jsd"``, ``"infonce"`` or ``"dv"``.
-        critic: ``"dot"`` (encode-and-dot-product) or ``"concat"`` (concat-and-convolve).
+        estimator: MI lower bound, a name in ``dim_ssl.estimators.ESTIMATORS``: ``"jsd"``,
+            ``"infonce"`` or ``"dv"``.
+        critic: critic shape, a name in ``dim_ssl.critics.CRITICS``: ``"dot"``
+            (encode-and-dot-product) or ``"concat"`` (concat-and-convolve).
         negatives: ``"all"`` (every other image of the batch; local InfoNCE also takes all their
             locations, ``(N-1) * M^2`` negatives) or ``"shuffle"`` (one negative per positive,
             the map shuffled across the batch at each location; the only mode for ``"concat"``).
@@ -127,16 +127,8 @@ class DIMHead(nn.Module):
         num_locations: int | None = None,
     ) -> None:
         super().__init__()
-        check_estimator(estimator)
-        if critic not in CRITICS:
-            raise ValueError(f"unknown critic {critic!r}; expected one of {', '.join(CRITICS)}")
-        if negatives not in NEGATIVE_MODES:
-            raise ValueError(f"unknown negatives mode {negatives!r}; expected one of {', '.join(NEGATIVE_MODES)}")
-        if critic == "concat" and negatives == "all":
-            raise ValueError(
-                'critic="concat" scores one pair per forward, so all pairs would cost N forwards: '
-                'use negatives="shuffle" with it, or critic="dot" for all-pairs negatives'
-            )
+        get_estimator(estimator)
+        shape = get_critic_shape(critic, negatives)
         if prior is not None and prior not in PRIORS:
             raise ValueError(f"unknown prior {prior!r}; expected one of {', '.join(PRIORS)} or None")
         for name, weight in (("alpha", alpha), ("beta", beta), ("gamma", gamma)):
@@ -164,18 +156,11 @@ class DIMHead(nn.Module):
 
         # Only the networks a term needs, so that every parameter gets a gradient (DDP insists).
         self.local_critic = self.global_critic = self.prior_matching = None
+        widths = shape.options(hidden_dim=hidden_dim, embed_dim=embed_dim)
         if beta > 0:
-            self.local_critic = (
-                LocalDotCritic(local_channels, global_dim, hidden_dim, embed_dim)
-                if critic == "dot"
-                else LocalConcatCritic(local_channels, global_dim, hidden_dim)
-            )
+            self.local_critic = shape.local_critic(local_channels, global_dim, **widths)
         if alpha > 0:
-            self.global_critic = (
-                GlobalDotCritic(local_channels, global_dim, hidden_dim, embed_dim)
-                if critic == "dot"
-                else GlobalConcatCritic(local_channels, global_dim, hidden_dim)
-            )
+            self.global_critic = shape.global_critic(local_channels, global_dim, **widths)
         if gamma > 0 and prior is not None:
             self.prior_matching = PriorMatching(global_dim, prior, gradient_penalty)
 
@@ -233,6 +218,8 @@ class DIMHead(nn.Module):
         return gather_with_grad(tensor) if self.gather_distributed else (tensor, 0)
 
     def _mi(self, critic: nn.Module, feature_map: Tensor, y: Tensor, per_location: bool) -> Tensor:
+        """One MI term. A ``DotCritic`` scores from factors; any other critic scores given pairs
+        (``dim_ssl.critics.CriticShape``), which only shuffled negatives afford."""
         if isinstance(critic, DotCritic):
             return self._dot_mi(critic, feature_map, y, per_location)
         reduce = all_reduce_log_sum_exp if self.gather_distributed else None

@@ -10,7 +10,11 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-NEGATIVE_MODES = ("all", "shuffle")
+# The modes by name, each with the words an error message uses for it.
+NEGATIVE_MODES: dict[str, str] = {
+    "all": "all-pairs negatives",
+    "shuffle": "shuffled negatives",
+}
 
 
 def shuffled_partners(num_candidates: int, offset: int, count: int, num_locations: int, device: torch.device) -> Tensor:

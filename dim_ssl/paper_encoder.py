@@ -8,18 +8,22 @@ A DCGAN-style stack, the one the paper trains on CIFAR-10:
     flatten -> FC 1024 -> BN -> ReLU                        ("fc")
     linear 1024 -> global_dim                               the summary y = f(C(x))
 
-It has the same interface as :class:`dim_ssl.TimmEncoder`, so the head, the training loop and
-the probes take either one: ``forward`` returns ``(feature_map, y)``, the attributes
-``feature_channels`` and ``global_dim`` size the head, and ``features(x, position)`` gives
-frozen features for probes.
+It has the same interface as :class:`dim_ssl.TimmEncoder` (``dim_ssl.DIMEncoder``), so the
+head, the training loop, the probes and the baselines take either one: ``forward`` returns
+``(feature_map, y)``, the attributes ``feature_channels`` and ``global_dim`` size the head,
+``features(x, position)`` gives frozen features for probes, ``pool`` the backbone's features
+with gradients, and ``summary_parameters`` the MLP that only DIM trains.
 """
 
 from __future__ import annotations
 
+from itertools import chain
+from typing import Iterator
+
 import torch
 from torch import Tensor, nn
 
-from dim_ssl.encoder import POSITIONS as FEATURE_POSITIONS
+from dim_ssl.encoder_protocol import FEATURE_POSITIONS, EncoderOutput, check_position
 
 
 def _conv_block(in_channels: int, out_channels: int) -> nn.Sequential:
@@ -37,6 +41,9 @@ class PaperEncoder(nn.Module):
     Attributes:
         feature_channels: Channels of the local feature map C(x) (128).
         global_dim: Size of the summary vector y.
+        pooled_dim: Width of the backbone's features, the flattened last conv:
+            ``256 * (image_size / 8)^2`` (4096 at 32x32).
+        feature_positions: ``FEATURE_POSITIONS``, the positions ``features`` accepts.
         image_size: Side length of the inputs it accepts.
         in_chans: Channels of the inputs it accepts.
         local: The first two conv blocks, whose output is the local feature map.
@@ -50,8 +57,8 @@ class PaperEncoder(nn.Module):
 
     Raises:
         ValueError: In the constructor, for sizes that are not positive or an ``image_size``
-            not divisible by 8; in ``forward``, for an input of the wrong shape; in
-            ``features``, for an unknown position.
+            not divisible by 8; in ``forward``, ``encode``, ``pool`` and ``features``, for an
+            input of the wrong shape; in ``features``, for an unknown position.
 
     Example::
 
@@ -62,6 +69,8 @@ class PaperEncoder(nn.Module):
             loss = head(feature_map, y).loss
             optimizer.zero_grad(); loss.backward(); optimizer.step()
     """
+
+    feature_positions: tuple[str, ...] = FEATURE_POSITIONS
 
     def __init__(
         self, global_dim: int = 64, in_chans: int = 3, image_size: int = 32, hidden_dim: int = 1024
@@ -82,9 +91,10 @@ class PaperEncoder(nn.Module):
         self.local = nn.Sequential(_conv_block(in_chans, 64), _conv_block(64, self.feature_channels))
         self.last_conv = _conv_block(self.feature_channels, 256)
         last_side = image_size // 8
+        self.pooled_dim = 256 * last_side * last_side
         self.fc = nn.Sequential(
             nn.Flatten(),
-            nn.Linear(256 * last_side * last_side, hidden_dim, bias=False),
+            nn.Linear(self.pooled_dim, hidden_dim, bias=False),
             nn.BatchNorm1d(hidden_dim),
             nn.ReLU(inplace=True),
         )
@@ -98,17 +108,34 @@ class PaperEncoder(nn.Module):
                 f"got {tuple(x.shape)}"
             )
 
-    def _stages(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    def encode(self, x: Tensor) -> EncoderOutput:
+        """``(feature_map, pooled, hidden, y)`` from one pass, with gradients.
+
+        ``feature_map`` (N, 128, M, M) with M = image_size / 4, ``pooled`` the flattened last
+        conv (N, pooled_dim), ``hidden`` (N, hidden_dim) and ``y`` (N, global_dim).
+        """
         self._check_input(x)
         feature_map = self.local(x)
-        pooled = self.last_conv(feature_map)
+        pooled = self.last_conv(feature_map).flatten(1)
         hidden = self.fc(pooled)
-        return feature_map, pooled, hidden, self.to_y(hidden)
+        return EncoderOutput(feature_map, pooled, hidden, self.to_y(hidden))
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """``(feature_map, y)``: C(x) of shape (N, 128, M, M) with M = image_size / 4, and y (N, D)."""
-        feature_map, _, _, y = self._stages(x)
-        return feature_map, y
+        out = self.encode(x)
+        return out.feature_map, out.y
+
+    def pool(self, x: Tensor) -> Tensor:
+        """The flattened last conv ``(N, pooled_dim)``, with gradients, without ``fc`` and ``to_y``.
+
+        The same numbers as ``encode(x).pooled``, for methods that train the backbone alone.
+        """
+        self._check_input(x)
+        return self.last_conv(self.local(x)).flatten(1)
+
+    def summary_parameters(self) -> Iterator[nn.Parameter]:
+        """The parameters of f, pooled features -> y (``fc`` and ``to_y``), which only DIM trains."""
+        return chain(self.fc.parameters(), self.to_y.parameters())
 
     @torch.no_grad()
     def features(self, x: Tensor, position: str = "pool") -> Tensor:
@@ -121,10 +148,7 @@ class PaperEncoder(nn.Module):
                 ``"fc"`` (the hidden layer after ReLU, N x hidden_dim) or ``"y"`` (N x global_dim).
 
         Raises:
-            ValueError: Unknown position.
+            ValueError: Unknown position, or an input of the wrong shape.
         """
-        if position not in FEATURE_POSITIONS:
-            raise ValueError(f"unknown feature position {position!r}; valid: {', '.join(FEATURE_POSITIONS)}")
-        feature_map, pooled, hidden, y = self._stages(x)
-        chosen = {"conv": feature_map, "pool": pooled, "fc": hidden, "y": y}[position]
-        return chosen.flatten(1)
+        check_position(position)
+        return self.encode(x).at(position)

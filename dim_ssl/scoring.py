@@ -25,11 +25,11 @@ from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
 from dim_ssl.estimators import (
-    bound_from_statistic,
+    Estimator,
+    ReduceNegatives,
     check_candidates,
-    combine_statistics,
     count_negatives,
-    negative_statistic,
+    get_estimator,
     positive_scores,
 )
 
@@ -41,7 +41,7 @@ def all_pairs_bound(
     estimator: str,
     positive_offset: int = 0,
     negatives_across_locations: bool = False,
-    reduce_negatives: Callable[[Tensor, float], tuple[Tensor, float]] | None = None,
+    reduce_negatives: ReduceNegatives | None = None,
     input_transform: Callable[[Tensor], Tensor] | None = None,
     rows_per_chunk: int | None = None,
 ) -> Tensor:
@@ -56,7 +56,7 @@ def all_pairs_bound(
             into factors block by block (the feature maps themselves, for instance).
         summaries: ``(n, K)``: this rank's summary-side factors.
         offsets: ``(n,)`` added to every score of summary j, or None.
-        estimator: ``"jsd"``, ``"infonce"`` or ``"dv"``.
+        estimator: a name in ``dim_ssl.estimators.ESTIMATORS``.
         positive_offset: the row of the first summary's positive (this rank's first image).
         negatives_across_locations: InfoNCE's candidates for ``(j, l)``: the positive and
             every location of every other image (True), or the other images at l (False).
@@ -66,6 +66,7 @@ def all_pairs_bound(
         rows_per_chunk: candidate images per block; None (or at least N_all) for one block
             without recomputation.
     """
+    spec = get_estimator(estimator)
     num_candidates, num_summaries = inputs.shape[0], summaries.shape[0]
     check_candidates(num_candidates, num_summaries, positive_offset)
     rows = num_candidates if rows_per_chunk is None else max(1, min(int(rows_per_chunk), num_candidates))
@@ -78,7 +79,7 @@ def all_pairs_bound(
     for block_inputs in blocks:
         block = partial(
             _block_statistics,
-            estimator=estimator,
+            estimator=spec,
             positive_offset=positive_offset - start,
             negatives_across_locations=negatives_across_locations,
             input_transform=input_transform,
@@ -94,9 +95,9 @@ def all_pairs_bound(
     # Blocks are in row order, so their positives (columns j whose row j + offset they hold)
     # come out in column order; blocks without positives give empty pieces.
     positive = positives[0] if len(positives) == 1 else torch.cat(positives, dim=0)  # (n, L)
-    statistic = combine_statistics(statistics, estimator)
+    statistic = statistics[0] if len(statistics) == 1 else spec.combine(torch.stack(statistics))
     num_negatives = count_negatives((num_candidates, num_summaries, *positive.shape[1:]))
-    return bound_from_statistic(positive, statistic, num_negatives, estimator, reduce_negatives)
+    return spec.bound(positive, statistic, num_negatives, reduce_negatives)
 
 
 def _block_statistics(
@@ -104,7 +105,7 @@ def _block_statistics(
     summaries: Tensor,
     offsets: Tensor | None,
     *,
-    estimator: str,
+    estimator: Estimator,
     positive_offset: int,
     negatives_across_locations: bool,
     input_transform: Callable[[Tensor], Tensor] | None,
@@ -117,5 +118,5 @@ def _block_statistics(
     scores = flat @ summaries.T if offsets is None else torch.addmm(offsets, flat, summaries.T)
     scores = scores.view(rows, locations, -1).transpose(1, 2)  # (rows, n, L): scores[i, j, l]
     positive = positive_scores(scores, positive_offset)
-    statistic = negative_statistic(scores, estimator, positive_offset, negatives_across_locations, positive)
+    statistic = estimator.negative_statistic(scores, positive, positive_offset, negatives_across_locations)
     return statistic, positive

@@ -20,14 +20,14 @@ def dim_ssl(*args: str, tmp_path: Path) -> subprocess.CompletedProcess:
 
 
 def test_bench_runs_every_method_and_writes_json_csv_and_table(tmp_path):
-    from eval.bench import DEFAULT_METHODS, METHODS
+    from eval.experiments.bench import CASES, DEFAULT_CASES
 
-    result = dim_ssl(*TINY, "--no-rss", "--methods", ",".join(METHODS), tmp_path=tmp_path)
+    result = dim_ssl(*TINY, "--no-rss", "--methods", ",".join(CASES), tmp_path=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads((tmp_path / "bench.json").read_text())
-    assert set(report["methods"]) == set(METHODS) and set(DEFAULT_METHODS) <= set(METHODS)
+    assert set(report["methods"]) == set(CASES) and set(DEFAULT_CASES) <= set(CASES)
     for name, method in report["methods"].items():
-        assert method["images_per_s"] > 0 and method["views"] == (2 if name.startswith(("simclr", "moco")) else 1)
+        assert method["images_per_s"] > 0 and method["views"] == (2 if name.startswith(("simclr", "moco", "byol")) else 1)
         assert method["ratio_to_floor"] > 0 and method["ratio_to_simclr"] > 0
         assert method["peak_memory_mib"] is None or method["peak_memory_mib"] > 0
     assert report["methods"]["backbone"]["ratio_to_floor"] == pytest.approx(1.0)
@@ -35,8 +35,8 @@ def test_bench_runs_every_method_and_writes_json_csv_and_table(tmp_path):
     assert "profiler" in report["memory_measure"]
     assert report["config"]["backbone"] == "test_resnet" and report["environment"]["torch"]
     csv_lines = (tmp_path / "bench.csv").read_text().splitlines()
-    assert csv_lines[0].startswith("method,") and len(csv_lines) == 1 + len(METHODS)
-    for name in METHODS:  # the table on stdout names every method
+    assert csv_lines[0].startswith("method,") and len(csv_lines) == 1 + len(CASES)
+    for name in CASES:  # the table on stdout names every method
         assert f"\n{name} " in result.stdout
 
 
@@ -59,5 +59,5 @@ def test_bench_memory_sweep_and_rss_probe(tmp_path):
 def test_unknown_method_is_a_clear_error(tmp_path, capsys):
     from eval.cli import main
 
-    assert main(["bench", *TINY, "--methods", "byol", "--out", str(tmp_path)]) == 2
-    assert "unknown method(s) byol" in capsys.readouterr().out
+    assert main(["bench", *TINY, "--methods", "nonesuch", "--out", str(tmp_path)]) == 2
+    assert "unknown method(s) nonesuch" in capsys.readouterr().out

@@ -1,5 +1,9 @@
 """Memory-bounded scoring: chunked and unchunked give the same bound and gradients; the folded
-critic gives the same scores; location sampling gives the right shapes and finite values."""
+critic gives the same scores; location sampling gives the right shapes and finite values.
+
+Estimators, critic shapes and negatives modes come from the registries, so a newly registered
+entry is tested here too.
+"""
 
 import math
 
@@ -8,11 +12,20 @@ import torch
 from torch import nn
 
 from dim_ssl import DIMHead
-from dim_ssl.critics import GlobalDotCritic, LocalDotCritic
-from dim_ssl.estimators import mi_lower_bound_offset
+from dim_ssl.critics import CRITICS, DotCritic, GlobalDotCritic, LocalDotCritic
+from dim_ssl.estimators import ESTIMATORS, mi_lower_bound_offset
 from dim_ssl.scoring import all_pairs_bound
 
-ESTIMATORS = ["jsd", "infonce", "dv"]
+# Critic shapes that score all pairs from factors (the only ones chunking and folding concern),
+# with the negatives modes they take; and every (critic, negatives) combination.
+DOT_SHAPES = [
+    (critic, negatives)
+    for critic, shape in CRITICS.items()
+    if issubclass(shape.local_critic, DotCritic) and issubclass(shape.global_critic, DotCritic)
+    for negatives in shape.negatives
+]
+ALL_PAIRS_CRITICS = [critic for critic, shape in CRITICS.items() if "all" in shape.negatives]
+CRITIC_NEGATIVES = [(critic, negatives) for critic, shape in CRITICS.items() for negatives in shape.negatives]
 
 
 def scoring_problem(num_candidates=7, num_summaries=3, locations=4, width=5, seed=0):
@@ -32,7 +45,7 @@ def value_and_grads(bound, tensors):
     return bound.detach(), [g.detach() for g in grads]
 
 
-@pytest.mark.parametrize("estimator", ESTIMATORS)
+@pytest.mark.parametrize("estimator", list(ESTIMATORS))
 @pytest.mark.parametrize("across", [True, False])
 @pytest.mark.parametrize("positive_offset", [0, 2, 4])
 def test_chunked_scoring_equals_the_whole_score_tensor(estimator, across, positive_offset):
@@ -57,7 +70,7 @@ def test_chunked_scoring_equals_the_whole_score_tensor(estimator, across, positi
             torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
 
 
-@pytest.mark.parametrize("estimator", ESTIMATORS)
+@pytest.mark.parametrize("estimator", list(ESTIMATORS))
 def test_chunked_scoring_stays_finite_for_extreme_scores(estimator):
     transform, inputs, summaries, offsets = scoring_problem()
     with torch.no_grad():
@@ -101,16 +114,17 @@ def head_value_and_grads(head, feature_map, y):
     return out, [None if g is None else g.detach() for g in grads]
 
 
-@pytest.mark.parametrize("estimator", ESTIMATORS)
+@pytest.mark.parametrize("estimator", list(ESTIMATORS))
+@pytest.mark.parametrize("critic", ALL_PAIRS_CRITICS)
 @pytest.mark.parametrize("fold", [False, True])
-def test_head_with_a_score_limit_gives_the_same_loss_and_gradients(estimator, fold, monkeypatch):
+def test_head_with_a_score_limit_gives_the_same_loss_and_gradients(estimator, critic, fold, monkeypatch):
     feature_map = torch.rand(6, 5, 3, 3, requires_grad=True)
     y = torch.randn(6, 4, requires_grad=True)
     results = []
     for limit in (None, 20, 1):  # one block; blocks of 1 image (local: 54 scores each); 1 score
         torch.manual_seed(0)
-        head = DIMHead(5, 4, estimator=estimator, alpha=0.5, beta=1.0, hidden_dim=16, embed_dim=8,
-                       max_scores_in_memory=limit)
+        head = DIMHead(5, 4, estimator=estimator, critic=critic, negatives="all", alpha=0.5, beta=1.0,
+                       hidden_dim=16, embed_dim=8, max_scores_in_memory=limit)
         monkeypatch.setattr(type(head.local_critic), "fold_pays", lambda self, *sizes: fold)
         monkeypatch.setattr(type(head.global_critic), "fold_pays", lambda self, *sizes: fold)
         results.append(head_value_and_grads(head, feature_map, y))
@@ -122,15 +136,16 @@ def test_head_with_a_score_limit_gives_the_same_loss_and_gradients(estimator, fo
             torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
 
 
-@pytest.mark.parametrize("estimator", ESTIMATORS)
-@pytest.mark.parametrize("negatives", ["all", "shuffle"])
-def test_folding_the_critic_changes_neither_loss_nor_gradients(estimator, negatives, monkeypatch):
+@pytest.mark.parametrize("estimator", list(ESTIMATORS))
+@pytest.mark.parametrize("critic,negatives", DOT_SHAPES)
+def test_folding_the_critic_changes_neither_loss_nor_gradients(estimator, critic, negatives, monkeypatch):
     feature_map = torch.rand(6, 5, 3, 3, requires_grad=True)
     y = torch.randn(6, 4, requires_grad=True)
     results = []
     for fold in (False, True):
         torch.manual_seed(0)
-        head = DIMHead(5, 4, estimator=estimator, negatives=negatives, alpha=0.5, hidden_dim=16, embed_dim=8)
+        head = DIMHead(5, 4, estimator=estimator, critic=critic, negatives=negatives, alpha=0.5,
+                       hidden_dim=16, embed_dim=8)
         monkeypatch.setattr(type(head.local_critic), "fold_pays", lambda self, *sizes: fold)
         monkeypatch.setattr(type(head.global_critic), "fold_pays", lambda self, *sizes: fold)
         torch.manual_seed(2)  # the same shuffles
@@ -142,7 +157,7 @@ def test_folding_the_critic_changes_neither_loss_nor_gradients(estimator, negati
 
 
 def test_chunked_scoring_bounds_peak_memory():
-    from eval.bench import peak_tensor_bytes
+    from eval.experiments.bench import peak_tensor_bytes
 
     torch.manual_seed(0)
     feature_map = torch.rand(32, 8, 16, 16, requires_grad=True)
@@ -177,7 +192,7 @@ def test_location_sampling_gives_the_right_shapes_and_finite_values():
     # Only the sampled locations receive gradient from the local term (no global term here).
     assert (feature_map.grad.flatten(2).abs().sum((0, 1)) > 0).sum() <= 3
 
-    for negatives, critic in (("shuffle", "dot"), ("shuffle", "concat"), ("all", "dot")):
+    for critic, negatives in CRITIC_NEGATIVES:
         other = DIMHead(5, 4, critic=critic, negatives=negatives, hidden_dim=16, embed_dim=8, num_locations=3,
                         max_scores_in_memory=10)
         assert torch.isfinite(other(feature_map, y).local_mi)

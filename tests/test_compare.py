@@ -10,8 +10,9 @@ import pytest
 import pytorch_lightning as pl
 import yaml
 
-from eval.compare import DEFAULT_METHODS, resolve_comparison
-from eval.config import ConfigError, resolve_config
+from eval.experiments.compare import DEFAULT_METHODS, resolve_comparison
+from eval.training.config import resolve_config
+from eval.errors import ConfigError
 from pretrain_helpers import QUICKSTART, run_cli
 
 ALL_ROWS = {"DIM(L)", "DIM(G)", "SimCLR", "MoCo", "random init", "raw pixels"}
@@ -108,7 +109,7 @@ def test_a_wall_clock_budget_sets_lightnings_max_time_and_an_epoch_cap(tmp_path)
     ("{methods: [{label: A}, {label: a}]}", "name the same output folder"),
     ("{methods: [{overrides: {method.name: dim}}]}", "needs a label"),
     ("{methods: [{label: X, overrides: {optimizer.lrr: 1}}]}", "compare.methods[0] (X): unknown config key 'optimizer.lrr'"),
-    ("{methods: [{label: X, overrides: {method.name: byol}}]}", "unknown method.name 'byol'"),
+    ("{methods: [{label: X, overrides: {method.name: nonesuch}}]}", "unknown method.name 'nonesuch'"),
 ])
 def test_configuration_mistakes_are_named(tmp_path, section, message):
     config = write_config(tmp_path / "c.yaml", f"compare: {section}\n")
@@ -166,16 +167,16 @@ def test_compare_writes_every_row_and_every_file(tiny_comparison):
 
 
 def _direct_knn(train, test, k=10):
-    from eval.knn import knn_accuracy
+    from eval.probes.knn import knn_accuracy
 
     (train_x, train_y), (test_x, test_y) = train, test
     return knn_accuracy(train_x, train_y, test_x, test_y, k=k, temperature=0.1)
 
 
 def test_baseline_rows_are_their_own_numbers(tiny_comparison):
-    from eval.checkpoint import model_from_checkpoint
-    from eval.methods import build_encoder
-    from eval.probing import model_features, pixel_features, probe_data
+    from eval.training.checkpoint import model_from_checkpoint
+    from eval.methods.registry import build_encoder
+    from eval.probes.suite import model_features, pixel_features, probe_data
 
     out, _ = tiny_comparison
     rows = {(r["method"], r["position"]): r for r in json.loads((out / "comparison.json").read_text())}
@@ -217,7 +218,7 @@ def test_a_second_run_refuses_the_folder_then_reuses_the_finished_methods(tiny_c
     overrides = [*TINY_COMPARE, "compare.probes=[knn]", f"output_dir={out}"]
     comparison = resolve_comparison(QUICKSTART, overrides)
     comparison.configs[3]["method"]["temperature"] = 0.2
-    from eval.compare import run_comparison
+    from eval.experiments.compare import run_comparison
 
     result = run_comparison(comparison, reuse=True, echo=lambda line: None)
     after = {m: (out / m / "checkpoints" / "last.ckpt").stat().st_mtime_ns for m in ("dim-l", "moco")}

@@ -5,9 +5,8 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from eval.config import (
+from eval.training.config import (
     BASE_DEFAULTS,
-    ConfigError,
     apply_overrides,
     config_diff,
     dump_config,
@@ -15,7 +14,8 @@ from eval.config import (
     parse_value,
     resolve_config,
 )
-from eval.methods import METHODS, get_method, register_method
+from eval.errors import ConfigError
+from eval.methods.registry import METHODS, get_method, register_method
 
 QUICKSTART = "configs/quickstart.yaml"
 
@@ -174,17 +174,32 @@ def test_every_shipped_config_resolves():
     assert [heads["dim_g_fmnist"][k] for k in ("alpha", "beta", "gamma")] == [1.0, 0.0, 1.0]
 
 
-def test_a_registered_method_brings_its_own_checked_keys():
-    @register_method("toy_method", defaults={"temperature": 0.5, "head": {"width": 128}})
-    def build_toy(config, data):  # pragma: no cover - never built here
-        raise AssertionError
+def test_a_registered_method_brings_its_own_checked_keys_read_from_its_constructor():
+    from eval.methods import MethodModule
+
+    @register_method("toy_method")
+    class Toy(MethodModule):
+        """A toy method (never trained here)."""
+
+        recipe = {"optimizer": {"name": "sgd", "lr": 0.5}}
+
+        def __init__(self, encoder, num_classes, image_shape, *, temperature: float = 0.5,
+                     head: dict = {"width": 128}, **common):  # noqa: B006
+            super().__init__(encoder, num_classes, image_shape, **common)
+
+        def training_loss(self, views):  # pragma: no cover - never trained here
+            raise AssertionError
 
     try:
         config = resolve_config(None, ["method.head.width=64"], base={"method": {"name": "toy_method"}})
         assert config["method"] == {"name": "toy_method", "temperature": 0.5, "head": {"width": 64}}
-        assert get_method("toy_method").build is build_toy
+        assert get_method("toy_method") is Toy
+        # The method's recipe is the default of the shared optimizer section.
+        assert config["optimizer"]["name"] == "sgd" and config["optimizer"]["lr"] == 0.5
         with pytest.raises(ConfigError, match="did you mean 'method.temperature'"):
             resolve_config(None, ["method.name=toy_method", "method.temprature=0.1"])
+        with pytest.raises(ConfigError, match="method.temperature must be a number"):
+            resolve_config(None, ["method.name=toy_method", "method.temperature=warm"])
         # DIM's keys do not leak into another method's section.
         with pytest.raises(ConfigError, match="unknown config key 'method.head.estimator'; valid keys in method.head: width"):
             resolve_config(None, base={"method": {"name": "toy_method", "head": {"estimator": "jsd"}}})
@@ -198,7 +213,7 @@ def test_a_registered_method_brings_its_own_checked_keys():
 def test_trainer_arguments_resolve_auto_settings_for_this_machine():
     import torch
 
-    from eval.training import trainer_arguments
+    from eval.training.pretrain import trainer_arguments
 
     config = resolve_config(QUICKSTART, ["trainer.max_time_s=90", "trainer.accelerator=cpu"])
     arguments = trainer_arguments(config["trainer"])

@@ -10,15 +10,9 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from eval import data
-from eval.data import (
-    DatasetNotFoundError,
-    dataset_labels,
-    dataset_spec,
-    load_dataset,
-    make_transform,
-    read_idx,
-)
+from eval.data import datasets as data
+from eval.data import dataset_labels, dataset_spec, load_dataset, make_transform, read_idx
+from eval.errors import DatasetNotFoundError
 
 DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
 needs_debian_fashion_mnist = pytest.mark.skipif(
@@ -139,8 +133,8 @@ def test_bad_holdout_is_refused(split, holdout, message):
 
 
 def test_datamodule_with_holdout_never_reads_the_test_split():
-    from eval.config import resolve_config
-    from eval.datamodule import PretrainDataModule
+    from eval.training.config import resolve_config
+    from eval.training.datamodule import PretrainDataModule
 
     config = resolve_config(None, ["data.dataset=digits", "data.holdout=200"])
     module = PretrainDataModule(config["data"], seed=0)

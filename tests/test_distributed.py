@@ -1,4 +1,5 @@
-"""gather_distributed=True: two gloo processes under DDP equal one process on the whole batch."""
+"""gather_distributed=True: two gloo processes under DDP equal one process on the whole batch,
+for every registered estimator; and dim_ssl.gather_with_grad gathers rows of unequal counts."""
 
 import os
 import socket
@@ -9,16 +10,15 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
 
+import dim_ssl
 from dim_ssl import DIMHead
+from dim_ssl.estimators import ESTIMATORS
 
 BATCH, CHANNELS, GLOBAL_DIM = 8, 5, 4
 CONFIGS = {
-    "jsd": dict(estimator="jsd"),
-    "infonce": dict(estimator="infonce"),
-    "dv": dict(estimator="dv"),
+    **{name: {"estimator": name} for name in ESTIMATORS},
     # Memory-bounded scoring: local blocks of one candidate image, global blocks of 6 and 2.
-    "infonce_chunked": dict(estimator="infonce", max_scores_in_memory=24),
-    "dv_chunked": dict(estimator="dv", max_scores_in_memory=24),
+    **{f"{name}_chunked": {"estimator": name, "max_scores_in_memory": 24} for name in ESTIMATORS},
 }
 
 
@@ -100,8 +100,48 @@ def test_two_gloo_ranks_equal_one_process_on_the_whole_batch(config, tmp_path):
 
 
 def test_without_process_group_gather_is_the_identity():
-    from dim_ssl.distributed import gather_with_grad
-
     x = torch.randn(3, 2)
-    gathered, offset = gather_with_grad(x)
+    gathered, offset = dim_ssl.gather_with_grad(x)
     assert gathered is x and offset == 0
+
+
+def rows_of(rank: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rank r's validation rows: 3 + r feature rows (unequal counts) and their integer labels."""
+    count = 3 + rank
+    features = torch.arange(count * 2, dtype=torch.float32).view(count, 2) + 100 * rank
+    return features, torch.arange(count) + 10 * rank
+
+
+def _gather_worker(rank: int, world_size: int, port: int, out_dir: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=world_size)
+    try:
+        features, labels = rows_of(rank)
+        with torch.no_grad():
+            gathered, offset = dim_ssl.gather_with_grad(features)
+        gathered_labels, label_offset = dim_ssl.gather_with_grad(labels)
+        # With gradients: each rank's loss weighs every gathered row by its rank + 1.
+        leaf = features.clone().requires_grad_(True)
+        weighted, _ = dim_ssl.gather_with_grad(leaf)
+        (weighted.sum() * (rank + 1)).backward()
+        torch.save(
+            {"features": gathered, "offset": offset, "labels": gathered_labels, "label_offset": label_offset,
+             "grad": leaf.grad},
+            os.path.join(out_dir, f"gather{rank}.pt"),
+        )
+    finally:
+        dist.destroy_process_group()
+
+
+def test_gather_with_grad_gathers_unequal_rows_with_and_without_gradients(tmp_path):
+    mp.spawn(_gather_worker, args=(2, free_port(), str(tmp_path)), nprocs=2, join=True)
+    expected_features = torch.cat([rows_of(r)[0] for r in range(2)])
+    expected_labels = torch.cat([rows_of(r)[1] for r in range(2)])
+    for rank in range(2):
+        result = torch.load(tmp_path / f"gather{rank}.pt", weights_only=True)
+        assert torch.equal(result["features"], expected_features)  # 3 + 4 rows, no padding left
+        assert torch.equal(result["labels"], expected_labels)
+        assert result["offset"] == result["label_offset"] == 3 * rank
+        # Every row enters both ranks' losses, with weights 1 and 2: its gradient is 1 + 2.
+        assert torch.equal(result["grad"], torch.full_like(rows_of(rank)[0], 3.0))

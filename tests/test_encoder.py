@@ -53,7 +53,7 @@ def test_features_at_every_position_are_frozen_and_consistent():
     assert torch.allclose(encoder.features(x, "y"), y)
     assert encoder.features(x, "fc").shape == (3, 1024)
     assert encoder.features(x, "pool").shape == (3, 512)
-    with pytest.raises(ValueError, match="unknown position 'logits'"):
+    with pytest.raises(ValueError, match="unknown feature position 'logits'"):
         encoder.features(x, "logits")
 
 

@@ -1,12 +1,22 @@
-"""MI lower bounds against values worked out by hand, and their numerical stability."""
+"""MI lower bounds against values worked out by hand, and their numerical stability.
+
+Properties every bound must have run over the registry, ``ESTIMATORS``: a newly registered
+estimator is tested by them without a line here.
+"""
 
 import math
 
 import pytest
 import torch
 
-from dim_ssl import mi_lower_bound
-from dim_ssl.estimators import mi_lower_bound_from_pairs, mi_lower_bound_offset
+from dim_ssl import DIMHead, mi_lower_bound
+from dim_ssl.estimators import (
+    ESTIMATORS,
+    Estimator,
+    mi_lower_bound_from_pairs,
+    mi_lower_bound_offset,
+    negatives_only,
+)
 
 LOG2 = math.log(2.0)
 
@@ -111,40 +121,69 @@ def test_infonce_across_locations_by_hand():
     assert got.item() == pytest.approx(expected, abs=1e-6)
 
 
-@pytest.mark.parametrize("estimator", ["jsd", "infonce", "dv"])
+@pytest.mark.parametrize("estimator", list(ESTIMATORS))
 @pytest.mark.parametrize("magnitude", [1e4, -1e4])
 def test_extreme_scores_give_finite_values_and_gradients(estimator, magnitude):
     scores = torch.full((3, 3, 4), magnitude)
     scores[0, 1] = -magnitude
     scores.requires_grad_(True)
-    value = mi_lower_bound(scores, estimator)
-    value.backward()
-    assert torch.isfinite(value)
-    assert torch.isfinite(scores.grad).all()
-    across = mi_lower_bound(scores, "infonce", negatives_across_locations=True)
-    assert torch.isfinite(across)
+    for across in (False, True):
+        value = mi_lower_bound(scores, estimator, negatives_across_locations=across)
+        (grad,) = torch.autograd.grad(value, scores)
+        assert torch.isfinite(value)
+        assert torch.isfinite(grad).all()
+    pairs = mi_lower_bound_from_pairs(scores[:, 0], scores[:, 1], estimator)
+    (grad,) = torch.autograd.grad(pairs, scores)
+    assert torch.isfinite(pairs) and torch.isfinite(grad).all()
 
 
-@pytest.mark.parametrize("estimator", ["jsd", "infonce", "dv"])
+@pytest.mark.parametrize("estimator", list(ESTIMATORS))
 def test_perfect_critic_beats_uninformative_critic(estimator):
     informative = torch.eye(4) * 10 - 5
     uninformative = torch.zeros(4, 4)
     assert mi_lower_bound(informative, estimator) > mi_lower_bound(uninformative, estimator) + 0.5
-    # An uninformative critic bounds MI by ~0 (InfoNCE: exactly 0 only up to log N shift, it is -log N).
+
+
+def test_uninformative_critic_by_hand():
+    # All scores 0: JSD and DV give 0; InfoNCE gives log(1/N), the log-softmax over N equal candidates.
+    uninformative = torch.zeros(4, 4)
     assert mi_lower_bound(uninformative, "jsd").item() == pytest.approx(0.0, abs=1e-6)
     assert mi_lower_bound(uninformative, "dv").item() == pytest.approx(0.0, abs=1e-6)
     assert mi_lower_bound(uninformative, "infonce").item() == pytest.approx(-math.log(4), abs=1e-6)
 
 
-@pytest.mark.parametrize("estimator", ["jsd", "infonce", "dv"])
-def test_rectangular_scores_with_offset_equal_the_rows_of_the_square(estimator):
-    # What one data-parallel rank computes: all candidates against its own summaries.
+@pytest.mark.parametrize("estimator", list(ESTIMATORS))
+@pytest.mark.parametrize("across", [False, True])
+def test_rectangular_scores_with_offset_equal_the_rows_of_the_square(estimator, across):
+    # What each of two data-parallel ranks computes: all candidates against its own summaries,
+    # with the global log-sum-exp of the negatives from reduce_negatives (what
+    # dim_ssl.distributed.all_reduce_log_sum_exp gives; only bounds whose negative term is not
+    # a mean over summaries, as DV's, use it). The mean over ranks is the whole batch's bound.
     torch.manual_seed(1)
     scores = torch.randn(4, 4, 3)
-    if estimator == "dv":
-        return  # DV's log-mean does not split over ranks; covered by the distributed test
-    halves = [mi_lower_bound_offset(scores[:, 2 * r : 2 * r + 2], estimator, 2 * r) for r in range(2)]
-    assert ((halves[0] + halves[1]) / 2).item() == pytest.approx(mi_lower_bound(scores, estimator).item(), abs=1e-6)
+    global_negatives = (torch.logsumexp(negatives_only(scores, 0).flatten(), dim=0), float(4 * 3 * 3))
+
+    def all_ranks(log_sum_exp, count):
+        return global_negatives
+
+    halves = [
+        mi_lower_bound_offset(scores[:, 2 * r : 2 * r + 2], estimator, 2 * r, across, reduce_negatives=all_ranks)
+        for r in range(2)
+    ]
+    whole = mi_lower_bound(scores, estimator, negatives_across_locations=across)
+    assert ((halves[0] + halves[1]) / 2).item() == pytest.approx(whole.item(), abs=1e-6)
+
+
+@pytest.mark.parametrize("estimator", list(ESTIMATORS))
+def test_pairs_form_equals_the_square_form_for_two_images(estimator):
+    # With two images the square form's negatives are one per positive, the off-diagonal
+    # entry of its column: exactly the pairs form with those as the "shuffled" partners.
+    torch.manual_seed(2)
+    scores = torch.randn(2, 2, 5)
+    positive = torch.stack([scores[0, 0], scores[1, 1]])
+    negative = torch.stack([scores[1, 0], scores[0, 1]])
+    pairs = mi_lower_bound_from_pairs(positive, negative, estimator)
+    assert pairs.item() == pytest.approx(mi_lower_bound(scores, estimator).item(), abs=1e-6)
 
 
 def test_pairs_form_matches_hand_values():
@@ -167,3 +206,37 @@ def test_bad_arguments_are_refused():
         mi_lower_bound(torch.zeros(1, 1), "jsd")
     with pytest.raises(ValueError, match="same shape"):
         mi_lower_bound_from_pairs(torch.zeros(2), torch.zeros(3), "jsd")
+    with pytest.raises(ValueError, match="unknown estimator 'mine'; expected one of " + ", ".join(ESTIMATORS)):
+        mi_lower_bound_offset(SCORES_2X2, "mine")
+
+
+class NWJ(Estimator):
+    """Nguyen-Wainwright-Jordan: ``mean_pos[s] - e^-1 mean_neg[exp(s)]``, as a user would add it."""
+
+    def negative_statistic(self, scores, positive, positive_offset, negatives_across_locations):
+        return torch.logsumexp(negatives_only(scores, positive_offset), dim=tuple(range(scores.dim())))
+
+    def pair_statistic(self, negative):
+        return torch.logsumexp(negative.flatten(), dim=0)
+
+    def combine(self, statistics):
+        return torch.logsumexp(statistics, dim=0)
+
+    def bound(self, positive, statistic, num_negatives, reduce_negatives=None):
+        return positive.mean() - torch.exp(statistic - math.log(num_negatives) - 1)
+
+
+def test_a_registered_estimator_is_one_class_and_one_entry(monkeypatch):
+    monkeypatch.setitem(ESTIMATORS, "nwj", NWJ())
+    # 2x2 by hand: mean(2, 3) - e^-1 * mean(e^-1, e^0) = 2.5 - 0.251607
+    assert mi_lower_bound(SCORES_2X2, "nwj").item() == pytest.approx(2.5 - math.exp(-1) * 0.683940, abs=1e-5)
+    # The head takes it, all-pairs (whole or in blocks) and shuffled.
+    torch.manual_seed(0)
+    feature_map, y = torch.rand(6, 5, 3, 3), torch.randn(6, 4)
+    losses = []
+    for kwargs in ({}, {"max_scores_in_memory": 20}, {"negatives": "shuffle"}):
+        torch.manual_seed(0)
+        head = DIMHead(5, 4, estimator="nwj", prior=None, hidden_dim=16, embed_dim=8, **kwargs)
+        losses.append(head(feature_map, y).loss)
+    assert losses[0].item() == pytest.approx(losses[1].item(), abs=1e-6)
+    assert torch.isfinite(losses[2])

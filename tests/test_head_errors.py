@@ -1,9 +1,14 @@
 """Every bad input to DIMHead gets an error that says what was expected and what was given."""
 
+import re
+
 import pytest
 import torch
 
 from dim_ssl import DIMHead
+from dim_ssl.critics import CRITICS, CriticShape, GlobalDotCritic, LocalConcatCritic, LocalDotCritic
+from dim_ssl.estimators import ESTIMATORS
+from dim_ssl.negatives import NEGATIVE_MODES
 
 
 @pytest.fixture(scope="module")
@@ -56,18 +61,47 @@ def test_nan_or_inf_in_inputs(head, bad):
 @pytest.mark.parametrize(
     "kwargs,message",
     [
-        ({"estimator": "mine"}, "unknown estimator 'mine'; expected one of jsd, infonce, dv"),
-        ({"critic": "bilinear"}, "unknown critic 'bilinear'; expected one of dot, concat"),
-        ({"negatives": "memory_bank"}, "unknown negatives mode 'memory_bank'"),
+        ({"estimator": "mine"}, f"unknown estimator 'mine'; expected one of {', '.join(ESTIMATORS)}"),
+        ({"critic": "bilinear"}, f"unknown critic 'bilinear'; expected one of {', '.join(CRITICS)}"),
+        ({"negatives": "memory_bank"}, f"unknown negatives mode 'memory_bank'; expected one of {', '.join(NEGATIVE_MODES)}"),
         ({"prior": "beta"}, "unknown prior 'beta'"),
-        ({"critic": "concat", "negatives": "all"}, 'use negatives="shuffle" with it'),
         ({"alpha": -1.0}, "alpha must be a finite weight >= 0; got -1.0"),
         ({"alpha": 0.0, "beta": 0.0, "gamma": 0.0}, "the head has no objective"),
     ],
 )
 def test_bad_constructor_arguments(kwargs, message):
-    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
+    with pytest.raises(ValueError, match=re.escape(message)):
         DIMHead(8, 4, **kwargs)
+
+
+# Every negatives mode a registered critic shape cannot score.
+UNSUPPORTED = [(critic, mode) for critic, shape in CRITICS.items() for mode in NEGATIVE_MODES if mode not in shape.negatives]
+
+
+@pytest.mark.parametrize("critic,negatives", UNSUPPORTED)
+def test_a_negatives_mode_the_critic_cannot_score_names_the_ones_it_can(critic, negatives):
+    shape = CRITICS[critic]
+    with pytest.raises(ValueError, match=re.escape(f'critic="{critic}"')) as error:
+        DIMHead(8, 4, critic=critic, negatives=negatives)
+    assert all(f'negatives="{mode}"' in str(error.value) for mode in shape.negatives)
+
+
+def test_concat_with_all_pairs_says_why_and_what_to_use():
+    with pytest.raises(ValueError) as error:
+        DIMHead(8, 4, critic="concat", negatives="all")
+    assert str(error.value) == (
+        'critic="concat" scores one pair per forward, so all pairs would cost N forwards: '
+        'use negatives="shuffle" with it, or critic="dot" for all-pairs negatives'
+    )
+
+
+def test_critic_shapes_refuse_modes_they_cannot_score():
+    with pytest.raises(ValueError, match='negatives="all" needs DotCritic subclasses'):
+        CriticShape(LocalConcatCritic, GlobalDotCritic, negatives=("all", "shuffle"))
+    with pytest.raises(ValueError, match="negatives modes from all, shuffle; got \\('memory_bank',\\)"):
+        CriticShape(LocalDotCritic, GlobalDotCritic, negatives=("memory_bank",))
+    with pytest.raises(ValueError, match="negatives modes from all, shuffle; got \\(\\)"):
+        CriticShape(LocalDotCritic, GlobalDotCritic, negatives=())
 
 
 def test_finite_inputs_whose_sum_overflows_are_accepted(head):

@@ -50,7 +50,7 @@ def test_features_y_matches_forward_in_eval_mode(encoder):
 
 
 def test_unknown_feature_position_lists_the_valid_ones(encoder):
-    with pytest.raises(ValueError, match="'avgpool'; valid: conv, fc, y, pool"):
+    with pytest.raises(ValueError, match="'avgpool'; expected one of conv, fc, y, pool"):
         encoder.features(torch.randn(2, 3, 32, 32), position="avgpool")
 
 
