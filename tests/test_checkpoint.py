@@ -10,18 +10,13 @@ import timm
 import torch
 
 import dim_ssl
-from eval.checkpoint import (
-    CheckpointError,
-    check_compatible,
-    export_backbone,
-    load_checkpoint,
-    model_from_checkpoint,
-)
+from eval.training.checkpoint import check_compatible, export_backbone, load_checkpoint, model_from_checkpoint
+from eval.errors import CheckpointError
 from eval.cli import main
-from eval.config import resolve_config
-from eval.datamodule import PretrainDataModule
-from eval.methods import build_method
-from eval.training import pretrain
+from eval.training.config import resolve_config
+from eval.training.datamodule import PretrainDataModule
+from eval.methods.registry import build_method
+from eval.training.pretrain import pretrain
 from pretrain_helpers import QUICKSTART, TINY
 
 

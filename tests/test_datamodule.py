@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from eval.config import resolve_config
-from eval.datamodule import EpochSampler, PretrainDataModule, SeededAugmentation, ShardSampler, mix_seed
+from eval.training.config import resolve_config
+from eval.training.datamodule import EpochSampler, PretrainDataModule, SeededAugmentation, ShardSampler, mix_seed
 
 
 def test_the_order_of_an_epoch_depends_on_seed_and_epoch_only():

@@ -12,7 +12,7 @@ from torch.utils.data import DataLoader
 
 import dim_ssl
 from eval.data import dataset_labels, load_dataset
-from eval.features import extract_features, feature_cache_key, raw_pixel_features
+from eval.probes.features import extract_features, feature_cache_key, raw_pixel_features
 
 N = 40  # digits test images: a few batches of 16
 

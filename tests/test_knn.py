@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from threadpoolctl import threadpool_limits
 
 from eval import knn_accuracy
-from eval.knn import knn_predict_scores, knn_topk_accuracy
+from eval.probes.knn import knn_predict_scores, knn_topk_accuracy
 
 
 @pytest.fixture(autouse=True)

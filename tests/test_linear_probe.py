@@ -13,7 +13,7 @@ from sklearn.preprocessing import StandardScaler
 from threadpoolctl import threadpool_limits
 
 from eval import linear_probe_accuracy
-from eval.linear_probe import linear_probe
+from eval.probes.linear import linear_probe
 
 # The probe must match scikit-learn to within this (about one test sample in 200).
 TOLERANCE = 0.005

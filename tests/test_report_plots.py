@@ -8,8 +8,8 @@ import json
 import numpy as np
 import pytest
 
-from eval.plots import plot_accuracy_vs_time, plot_embeddings
-from eval.report import COLUMNS, format_markdown_table, write_report
+from eval.experiments.plots import plot_accuracy_vs_time, plot_embeddings
+from eval.experiments.report import COLUMNS, format_markdown_table, write_report
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

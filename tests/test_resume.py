@@ -8,8 +8,8 @@ import signal
 import pytest
 from pytorch_lightning.callbacks import Callback
 
-from eval.config import resolve_config
-from eval.training import TrainingInterrupted, pretrain
+from eval.training.config import resolve_config
+from eval.training.pretrain import TrainingInterrupted, pretrain
 from pretrain_helpers import QUICKSTART, fresh, read_metrics
 
 # 4 batches an epoch, 3 epochs; negatives drawn from the RNG, so its state must resume too.
