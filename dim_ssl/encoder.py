@@ -20,7 +20,6 @@ from torch import Tensor, nn
 from dim_ssl.encoder_protocol import FEATURE_POSITIONS, EncoderOutput, check_position
 
 
-
 class TimmEncoder(nn.Module):
     """A timm model split into a local feature map and a global summary for DIM.
 

@@ -8,16 +8,16 @@ import os
 import pytest
 import timm
 import torch
+from pretrain_helpers import QUICKSTART, TINY
 
 import dim_ssl
-from eval.training.checkpoint import check_compatible, export_backbone, load_checkpoint, model_from_checkpoint
-from eval.errors import CheckpointError
 from eval.cli import main
+from eval.errors import CheckpointError
+from eval.methods.registry import build_method
+from eval.training.checkpoint import check_compatible, export_backbone, load_checkpoint, model_from_checkpoint
 from eval.training.config import resolve_config
 from eval.training.datamodule import PretrainDataModule
-from eval.methods.registry import build_method
 from eval.training.pretrain import pretrain
-from pretrain_helpers import QUICKSTART, TINY
 
 
 def _train(folder, *overrides):

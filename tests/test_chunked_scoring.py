@@ -146,8 +146,8 @@ def test_folding_the_critic_changes_neither_loss_nor_gradients(estimator, critic
         torch.manual_seed(0)
         head = DIMHead(5, 4, estimator=estimator, critic=critic, negatives=negatives, alpha=0.5,
                        hidden_dim=16, embed_dim=8)
-        monkeypatch.setattr(type(head.local_critic), "fold_pays", lambda self, *sizes: fold)
-        monkeypatch.setattr(type(head.global_critic), "fold_pays", lambda self, *sizes: fold)
+        monkeypatch.setattr(type(head.local_critic), "fold_pays", lambda self, *sizes, fold=fold: fold)
+        monkeypatch.setattr(type(head.global_critic), "fold_pays", lambda self, *sizes, fold=fold: fold)
         torch.manual_seed(2)  # the same shuffles
         results.append(head_value_and_grads(head, feature_map, y))
     (unfolded, unfolded_grads), (folded, folded_grads) = results
@@ -184,7 +184,7 @@ def test_location_sampling_gives_the_right_shapes_and_finite_values():
     assert head.local_critic.input_vectors(sampled).shape == (6, 3, 5)
     # Every sampled location is one of the map's locations, the same ones for all images.
     flat = feature_map.flatten(2)
-    chosen = [next(l for l in range(16) if torch.equal(flat[0, :, l], sampled[0, :, k, 0])) for k in range(3)]
+    chosen = [next(i for i in range(16) if torch.equal(flat[0, :, i], sampled[0, :, k, 0])) for k in range(3)]
     assert torch.equal(sampled[..., 0], flat[:, :, chosen])
     out = head(feature_map, y)
     out.loss.backward()

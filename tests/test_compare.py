@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 import pytorch_lightning as pl
 import yaml
+from pretrain_helpers import QUICKSTART, run_cli
 
+from eval.errors import ConfigError
 from eval.experiments.compare import DEFAULT_METHODS, resolve_comparison
 from eval.training.config import resolve_config
-from eval.errors import ConfigError
-from pretrain_helpers import QUICKSTART, run_cli
 
 ALL_ROWS = {"DIM(L)", "DIM(G)", "SimCLR", "MoCo", "random init", "raw pixels"}
 
@@ -174,9 +174,9 @@ def _direct_knn(train, test, k=10):
 
 
 def test_baseline_rows_are_their_own_numbers(tiny_comparison):
-    from eval.training.checkpoint import model_from_checkpoint
     from eval.methods.registry import build_encoder
     from eval.probes.suite import model_features, pixel_features, probe_data
+    from eval.training.checkpoint import model_from_checkpoint
 
     out, _ = tiny_comparison
     rows = {(r["method"], r["position"]): r for r in json.loads((out / "comparison.json").read_text())}

@@ -5,6 +5,8 @@ from __future__ import annotations
 import pytest
 import yaml
 
+from eval.errors import ConfigError
+from eval.methods.registry import METHODS, get_method, register_method
 from eval.training.config import (
     BASE_DEFAULTS,
     apply_overrides,
@@ -14,8 +16,6 @@ from eval.training.config import (
     parse_value,
     resolve_config,
 )
-from eval.errors import ConfigError
-from eval.methods.registry import METHODS, get_method, register_method
 
 QUICKSTART = "configs/quickstart.yaml"
 

@@ -10,8 +10,8 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from eval.data import datasets as data
 from eval.data import dataset_labels, dataset_spec, load_dataset, make_transform, read_idx
+from eval.data import datasets as data
 from eval.errors import DatasetNotFoundError
 
 DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")

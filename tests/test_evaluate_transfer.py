@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 import yaml
+from pretrain_helpers import QUICKSTART, TINY
 
 from eval.cli import main
 from eval.data import DEBIAN_FASHION_MNIST_DIR
-from pretrain_helpers import QUICKSTART, TINY
 
 HAVE_FASHION_MNIST = Path(DEBIAN_FASHION_MNIST_DIR).is_dir()
 

@@ -9,8 +9,6 @@ import time
 
 import pytest
 import yaml
-
-from eval.cli import main
 from pretrain_helpers import (
     QUICKSTART,
     TINY,
@@ -21,6 +19,8 @@ from pretrain_helpers import (
     run_cli,
     start_cli,
 )
+
+from eval.cli import main
 
 
 def test_quickstart_writes_a_complete_output_folder_and_learns(tmp_path):

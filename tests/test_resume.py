@@ -6,11 +6,11 @@ import os
 import signal
 
 import pytest
+from pretrain_helpers import QUICKSTART, fresh, read_metrics
 from pytorch_lightning.callbacks import Callback
 
 from eval.training.config import resolve_config
 from eval.training.pretrain import TrainingInterrupted, pretrain
-from pretrain_helpers import QUICKSTART, fresh, read_metrics
 
 # 4 batches an epoch, 3 epochs; negatives drawn from the RNG, so its state must resume too.
 RUN = [

@@ -25,11 +25,11 @@ from eval.experiments.bench import (
     BenchConfig,
     BenchResult,
     SweepConfig,
+    environment,
     format_sweep,
     format_table,
     memory_sweep,
     run_bench,
-    environment,
     write_outputs,
 )
 

@@ -10,7 +10,8 @@ random-init and raw-pixel baselines alike (kNN and linear probe), and writes the
 from __future__ import annotations
 
 import argparse
-from eval.cli._guarded import run_guarded
+
+from eval.cli.guard import run_guarded
 from eval.experiments.compare import resolve_comparison, run_comparison
 
 
@@ -36,13 +37,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-
     only = ["--methods", ",".join(args.methods)] if args.methods else []
     outcome = run_guarded(
         "compare",
         lambda: resolve_comparison(args.config, args.overrides, only=args.methods),
         lambda comparison: run_comparison(comparison, overwrite=args.overwrite, reuse=args.reuse),
         [args.config, *args.overrides, *only],
+        continue_flag="--reuse",
     )
     if isinstance(outcome, int):
         return outcome

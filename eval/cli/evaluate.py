@@ -8,9 +8,8 @@ reports their accuracy on the test split, one row per position (see :mod:`eval.e
 from __future__ import annotations
 
 import argparse
-import sys
-from eval.errors import CheckpointError
-from eval.errors import DatasetNotFoundError
+
+from eval.cli.guard import run_guarded
 from eval.experiments.evaluate import evaluate_checkpoint
 
 
@@ -27,7 +26,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                                           "checkpoint's image size and channels")
     parser.add_argument("--positions", nargs="+", metavar="P",
                         help="feature positions (default: all the method has; DIM: conv fc y pool, "
-                             "SimCLR/MoCo: pool proj conv)")
+                             "SimCLR/MoCo/BYOL: conv pool proj)")
     parser.add_argument("--probes", nargs="+", default=["knn", "linear"], choices=["knn", "linear"])
     parser.add_argument("--knn-k", type=_positive, default=200, help="neighbours of the kNN vote (200)")
     parser.add_argument("--knn-temperature", type=float, default=0.1, help="temperature of the kNN vote (0.1)")
@@ -41,17 +40,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-
-    try:
-        result = evaluate_checkpoint(
-            args.checkpoint, dataset=args.dataset, positions=args.positions, probes=args.probes,
+    outcome = run_guarded(
+        "evaluate",
+        lambda: args.checkpoint,
+        lambda checkpoint: evaluate_checkpoint(
+            checkpoint, dataset=args.dataset, positions=args.positions, probes=args.probes,
             knn_k=args.knn_k, knn_temperature=args.knn_temperature, limit_train=args.limit_train,
             limit_test=args.limit_test, data_root=args.data_root, out=args.out,
             cache_dir=None if args.no_cache else (args.cache_dir or "auto"),
-        )
-    except (CheckpointError, DatasetNotFoundError, ValueError) as err:
-        print(f"dim-ssl evaluate: error: {err}", file=sys.stderr)
-        return 1
+        ),
+        also_run_errors=(ValueError,),
+    )
+    if isinstance(outcome, int):
+        return outcome
+    _, result = outcome
     print()
     print(result["table"])
     print(f"written to {result['out']} in {result['seconds']:.0f} s")

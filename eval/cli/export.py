@@ -9,10 +9,10 @@ the whole ``dim_ssl.PaperEncoder``'s state_dict, and the JSON file says so.
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
+
+from eval.cli.guard import run_guarded
 from eval.training.checkpoint import export_backbone
-from eval.errors import CheckpointError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -21,12 +21,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-
-    try:
-        description = export_backbone(args.checkpoint, args.out)
-    except CheckpointError as err:
-        print(f"dim-ssl export: error: {err}", file=sys.stderr)
-        return 1
+    outcome = run_guarded("export", lambda: args.checkpoint, lambda checkpoint: export_backbone(checkpoint, args.out))
+    if isinstance(outcome, int):
+        return outcome
+    _, description = outcome
     json_path = Path(args.out).with_suffix(".json")
     if description["format"] == "timm":
         kwargs = ", ".join(f"{k}={v!r}" for k, v in description["create_model_kwargs"].items())

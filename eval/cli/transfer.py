@@ -9,7 +9,8 @@ table (Markdown, CSV, JSON) and embedding plots (see :mod:`eval.experiments.tran
 from __future__ import annotations
 
 import argparse
-from eval.cli._guarded import run_guarded
+
+from eval.cli.guard import run_guarded
 from eval.experiments.transfer import resolve_transfer, run_transfer
 
 
@@ -29,12 +30,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-
     outcome = run_guarded(
         "transfer",
         lambda: resolve_transfer(args.config, args.overrides),
         lambda transfer: run_transfer(transfer, overwrite=args.overwrite, reuse=args.reuse),
         [args.config, *args.overrides],
+        continue_flag="--reuse",
     )
     if isinstance(outcome, int):
         return outcome

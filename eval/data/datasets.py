@@ -45,7 +45,12 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
+from sklearn.datasets import load_digits
+from sklearn.model_selection import train_test_split
 from torch.utils.data import Dataset, Subset
+from torchvision import datasets
+from torchvision.transforms import v2
+
 from eval.errors import DatasetNotFoundError
 
 __all__ = [
@@ -224,7 +229,6 @@ def make_transform(
     Raises:
         ValueError: ``channels`` is not 1 or 3, or ``image_size`` is not positive.
     """
-    from torchvision.transforms import v2
 
     input_format = InputFormat.of(spec, image_size, channels)
     size, mean, std = input_format.size, input_format.mean, input_format.std
@@ -270,7 +274,6 @@ class InputFormat:
     def steps(self) -> list[Any]:
         """torchvision v2 steps from a raw image to a float tensor in [0, 1] of this format
         (not normalised): to float, to ``channels``, resized or padded to ``size``."""
-        from torchvision.transforms import v2
 
         steps: list[Any] = [v2.ToImage(), v2.ToDtype(torch.float32, scale=True)]
         if self.channels != self.spec.channels:
@@ -291,7 +294,6 @@ def _channel_stats(spec: DatasetSpec, channels: int) -> tuple[tuple[float, ...],
 
 
 def _fit_steps(spec: DatasetSpec, size: int) -> list[Any]:
-    from torchvision.transforms import v2
 
     native = spec.image_size
     if native == size:
@@ -458,8 +460,6 @@ def dataset_labels(dataset: Dataset) -> np.ndarray:
 
 @lru_cache(maxsize=1)
 def _digits_arrays() -> tuple[torch.Tensor, torch.Tensor, dict[str, np.ndarray]]:
-    from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
 
     digits = load_digits()
     # Values are 0..16: scale exactly to [0, 1] floats (8x8x1797 floats is tiny).
@@ -504,7 +504,6 @@ def _find_idx(folder: Path, stem: str) -> Path | None:
 def _load_fashion_mnist(
     split: str, data_root: Path, transform: Callable | None, download: bool
 ) -> ImageArrayDataset:
-    from torchvision import datasets
 
     train = split == "train"
     looked: list[str] = []
@@ -596,7 +595,6 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
 def _load_torchvision(
     spec: DatasetSpec, split: str, data_root: Path, transform: Callable | None, download: bool
 ) -> ImageArrayDataset:
-    from torchvision import datasets
 
     class_name, takes_split = _TORCHVISION[spec.name]
     kwargs: dict[str, Any] = {"split": split} if takes_split else {"train": split == "train"}
@@ -624,7 +622,6 @@ def _load_torchvision(
 
 
 def _load_imagefolder(spec: DatasetSpec, split: str, transform: Callable | None) -> Dataset:
-    from torchvision import datasets
 
     path = Path(spec.name[len(IMAGEFOLDER_PREFIX):]).expanduser()
     candidates = [path / split] + ([path / "val"] if split == "test" else [])

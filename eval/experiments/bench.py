@@ -59,6 +59,7 @@ import sys
 import time
 import warnings
 from dataclasses import asdict, dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -66,8 +67,8 @@ import torch
 from torch import Tensor, nn
 
 import dim_ssl
-from eval.methods import get_method
 from eval.experiments.memory import reset_peak_rss, rss_mb
+from eval.methods import get_method
 
 FLOOR = "backbone"
 SIMCLR = "simclr"
@@ -266,7 +267,7 @@ def peak_tensor_bytes(fn: Callable[[], Any], device: torch.device) -> int | None
         fn()
         _sync(device)
         return int(torch.cuda.max_memory_allocated(device) - before)
-    try:
+    try:  # a private enum of torch's profiler: absent in some versions
         from torch._C._profiler import _EventType
         from torch.profiler import ProfilerActivity, profile
     except ImportError:  # pragma: no cover - older or newer torch
@@ -314,10 +315,10 @@ def _rss_in_fresh_process(name: str, config: BenchConfig) -> float | None:
     payload = json.dumps({**asdict(config), "methods": list(config.methods)})
     result = subprocess.run(
         [sys.executable, "-m", "eval.experiments.bench", "--rss-probe", name, payload],
-        capture_output=True, text=True, env=env, cwd=str(Path(__file__).resolve().parent.parent),
+        capture_output=True, text=True, env=env, cwd=str(Path(__file__).resolve().parents[2]),  # the repository root
     )
     if result.returncode != 0:
-        warnings.warn(f"RSS probe of {name} failed: {result.stderr.strip()[-500:]}")
+        warnings.warn(f"RSS probe of {name} failed: {result.stderr.strip()[-500:]}", stacklevel=2)
         return None
     return float(json.loads(result.stdout.strip().splitlines()[-1])["rss_peak_increase_mib"])
 
@@ -523,6 +524,18 @@ def _unchunked_estimate_bytes(n: int, locations: int, head: dim_ssl.DIMHead) -> 
     return 4.0 * (3 * rows * n + rows * (2 * hidden + 2 * width))
 
 
+def _clear_gradients(head: nn.Module, *inputs: Tensor) -> None:
+    for tensor in inputs:
+        tensor.grad = None
+    head.zero_grad(set_to_none=True)
+
+
+def _local_term_step(head: dim_ssl.DIMHead, feature_map: Tensor, y: Tensor) -> float:
+    out = head(feature_map, y)
+    out.loss.backward()
+    return float(out.local_mi)
+
+
 def memory_sweep(config: SweepConfig, log: Callable[[str], None] = _log) -> list[dict[str, Any]]:
     """Peak tensor memory and time of the local term's forward + backward, per map size and mode.
 
@@ -562,14 +575,8 @@ def memory_sweep(config: SweepConfig, log: Callable[[str], None] = _log) -> list
             feature_map = torch.rand(n, config.channels, size, size, device=device, requires_grad=True)
             y = torch.randn(n, config.global_dim, device=device, requires_grad=True)
 
-            def clear() -> None:
-                feature_map.grad = y.grad = None
-                head.zero_grad(set_to_none=True)
-
-            def step() -> float:
-                out = head(feature_map, y)
-                out.loss.backward()
-                return float(out.local_mi)
+            clear = partial(_clear_gradients, head, feature_map, y)
+            step = partial(_local_term_step, head, feature_map, y)
 
             _sync(device)
             start = time.perf_counter()
@@ -585,7 +592,7 @@ def memory_sweep(config: SweepConfig, log: Callable[[str], None] = _log) -> list
             rows.append(row)
             log(f"[sweep] M={size} N*M^2={n * locations} {mode}: {row['seconds']:.2f} s, "
                 f"{row['peak_memory_mib']:.0f} MiB")
-            del feature_map, y, head
+            del feature_map, y, head, clear, step
     return rows
 
 

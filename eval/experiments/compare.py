@@ -38,8 +38,28 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
+import pytorch_lightning as pl
+import torch
 import yaml
+from torch.utils.data import Subset
 
+from eval.errors import ConfigError, OutputInUse
+from eval.experiments.curve import ProbeCurve
+from eval.experiments.memory import PeakMemory
+from eval.experiments.plots import plot_accuracy_vs_time, plot_embeddings
+from eval.experiments.report import format_markdown_table, write_report
+from eval.methods.encoders import build_encoder
+from eval.plain import plain
+from eval.probes.suite import (
+    ProbeSettings,
+    feature_dim,
+    format_accuracies,
+    model_features,
+    pixel_features,
+    probe_data,
+    run_probes,
+)
+from eval.training.checkpoint import model_from_checkpoint
 from eval.training.config import (
     COMMAND_SECTIONS,
     apply_overrides,
@@ -49,21 +69,7 @@ from eval.training.config import (
     resolve_config,
     validate_config,
 )
-from eval.errors import ConfigError, OutputInUse
-from eval.plain import plain
-from eval.probes.suite import ProbeSettings
-from eval.experiments.memory import PeakMemory
-from eval.experiments.plots import plot_accuracy_vs_time
-from eval.experiments.curve import ProbeCurve
 from eval.training.pretrain import pretrain
-from eval.training.checkpoint import model_from_checkpoint
-from eval.probes.suite import feature_dim, format_accuracies, model_features, run_probes
-from eval.methods.encoders import build_encoder
-from eval.probes.suite import feature_dim, format_accuracies, pixel_features, run_probes
-from eval.experiments.plots import plot_accuracy_vs_time, plot_embeddings
-from eval.probes.suite import probe_data
-from eval.experiments.report import format_markdown_table, write_report
-import math
 
 __all__ = [
     "COMPARE_DEFAULTS",
@@ -353,7 +359,6 @@ def probe_settings(section: Mapping[str, Any], seed: int, where: str):
 
 def check_single_process(config: Mapping[str, Any], command: str) -> None:
     """Refuses multi-device trainer settings: these commands run every method in one process."""
-    import torch
 
     trainer = config["trainer"]
     devices = trainer["devices"]
@@ -565,7 +570,6 @@ def random_init_rows(
     echo: Callable[[str], None], extra: Mapping[str, Any] | None = None,
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Rows of the configuration's encoder as the seed builds it, untrained."""
-    import pytorch_lightning as pl
 
     pl.seed_everything(int(config["seed"]), workers=True, verbose=False)
     encoder = build_encoder(config["encoder"], data.channels, data.image_size)
@@ -627,7 +631,6 @@ def prepare_output(out: Path, method_dirs: Sequence[Path], files: Sequence[str],
 
 def curve_subsets(data: Any, curve: Mapping[str, Any]) -> tuple[Any, Any] | None:
     """The first N images of the probe splits, for the training-time kNN curve."""
-    from torch.utils.data import Subset
 
     if not int(curve["every_n_epochs"]):
         return None

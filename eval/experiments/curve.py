@@ -23,11 +23,12 @@ from typing import Any
 import torch
 from pytorch_lightning.callbacks import Callback, Timer
 from torch.utils.data import Dataset
+
 from eval.probes.features import extract_features
 from eval.probes.knn import knn_accuracy
 from eval.probes.suite import probe_threads
 
-__all__ = ["ProbeCurve"]
+__all__ = ["ProbeCurve", "give_back_time"]
 
 
 class ProbeCurve(Callback):
@@ -116,10 +117,7 @@ class ProbeCurve(Callback):
         self._record(trainer, pl_module, seconds=self.elapsed(), epoch=epoch)
         spent = time.monotonic() - began
         self.probe_seconds += spent
-        # Lightning's budget (max_time) counts from its Timer's start: give the time back.
-        for callback in trainer.callbacks:
-            if isinstance(callback, Timer) and hasattr(callback, "_offset"):
-                callback._offset -= spent
+        give_back_time([c for c in trainer.callbacks if isinstance(c, Timer)], spent)
 
     def _record(
         self, trainer: Any, pl_module: Any, seconds: float, epoch: int, accuracy: float | None = None
@@ -149,3 +147,17 @@ class ProbeCurve(Callback):
             test = extract_features(model, self.test, (self.position,), device=device, progress=False)
             (train_x, train_y), (test_x, test_y) = train[self.position], test[self.position]
             return float(knn_accuracy(train_x, train_y, test_x, test_y, k=self.knn_k, temperature=self.knn_temperature))
+
+
+def give_back_time(timers: list[Timer], seconds: float) -> None:
+    """Takes ``seconds`` (time spent probing) out of the training time Lightning's Timers count.
+
+    Lightning's budget (``max_time``) counts from its Timer's start, and the Timer has no pause;
+    its public checkpoint interface sets the training time counted before the start (what a
+    resumed run uses): that time, less ``seconds``, is set here.
+    """
+    for timer in timers:
+        started = timer.start_time("train")
+        if started is not None:
+            counted_before_start = timer.time_elapsed("train") - (time.monotonic() - started)
+            timer.load_state_dict({"time_elapsed": {"train": counted_before_start - seconds}})

@@ -19,18 +19,25 @@ Example::
 from __future__ import annotations
 
 import os
+import re
 import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
-from eval.training.checkpoint import load_checkpoint, model_from_checkpoint
-from eval.training.config import dump_config
+
 from eval.experiments.plots import plot_embeddings
+from eval.experiments.report import format_markdown_table, write_report
 from eval.probes.suite import (
-    ProbeSettings, feature_dim, format_accuracies, input_format, model_features, probe_data, run_folder,
+    ProbeSettings,
+    feature_dim,
+    format_accuracies,
+    input_format,
+    model_features,
+    probe_data,
+    run_folder,
     run_probes,
 )
-from eval.experiments.report import format_markdown_table, write_report
-import re
+from eval.training.checkpoint import load_checkpoint, model_from_checkpoint
+from eval.training.config import dump_config
 
 __all__ = ["evaluate_checkpoint"]
 

@@ -19,6 +19,11 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 import numpy as np
+from matplotlib import colormaps
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from sklearn.decomposition import PCA
+from sklearn.manifold import TSNE
 
 __all__ = ["TSNE_MAX_POINTS", "plot_accuracy_vs_time", "plot_embeddings"]
 
@@ -28,8 +33,6 @@ TSNE_MAX_POINTS = 5000
 
 
 def _new_figure(width: float, height: float):
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
 
     figure = Figure(figsize=(width, height), dpi=100)
     FigureCanvasAgg(figure)  # attaches itself to the figure
@@ -98,14 +101,11 @@ def _project(
     if features.shape[1] < 2:  # a 1-D feature has one axis; draw it against zero
         features = np.concatenate([features, np.zeros((len(features), 2 - features.shape[1]), np.float32)], 1)
     if method == "pca":
-        from sklearn.decomposition import PCA
 
         return PCA(n_components=2, random_state=seed).fit_transform(features)
-    from sklearn.manifold import TSNE
 
     # PCA to 50 dimensions first: the usual t-SNE preprocessing, faster and less noisy.
     if features.shape[1] > 50 and len(features) > 50:
-        from sklearn.decomposition import PCA
 
         features = PCA(n_components=50, random_state=seed).fit_transform(features)
     perplexity = float(min(30.0, max(2.0, (len(features) - 1) / 3)))
@@ -152,14 +152,13 @@ def plot_embeddings(
             f"t-SNE is limited to {TSNE_MAX_POINTS} points (max_points={max_points}); "
             "lower max_points or use method='pca'"
         )
-    from matplotlib import colormaps
 
     panels = len(embeddings)
     # One row for up to three methods, else a near-square grid of at most three columns.
     columns = panels if panels <= 3 else min(3, math.ceil(math.sqrt(panels)))
     rows = math.ceil(panels / columns)
     figure = _new_figure(4.2 * columns, 4.0 * rows)
-    all_labels = np.unique(np.concatenate([np.asarray(l).ravel() for _, l in embeddings.values()]))
+    all_labels = np.unique(np.concatenate([np.asarray(labels).ravel() for _, labels in embeddings.values()]))
     cmap = colormaps["tab10" if len(all_labels) <= 10 else "tab20"]
     colour = {label: cmap(i % cmap.N) for i, label in enumerate(all_labels)}
 

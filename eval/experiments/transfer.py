@@ -29,6 +29,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
+from eval.data import dataset_spec
+from eval.errors import ConfigError, OutputInUse
 from eval.experiments.compare import (
     RANDOM_INIT,
     RAW_PIXELS,
@@ -48,15 +50,12 @@ from eval.experiments.compare import (
     train_method,
     validate_section,
 )
-from eval.errors import OutputInUse
-from eval.plain import plain
-from eval.training.config import dump_config, resolve_config
-from eval.errors import ConfigError
-from eval.data import dataset_spec
-from eval.training.checkpoint import load_checkpoint
 from eval.experiments.plots import plot_embeddings
-from eval.probes.suite import input_format, probe_data
 from eval.experiments.report import format_markdown_table, write_report
+from eval.plain import plain
+from eval.probes.suite import input_format, probe_data
+from eval.training.checkpoint import load_checkpoint
+from eval.training.config import dump_config, resolve_config
 
 __all__ = ["TRANSFER_COLUMNS", "TRANSFER_DEFAULTS", "OutputInUse", "Target", "Transfer", "resolve_transfer", "run_transfer"]
 
@@ -263,19 +262,20 @@ def run_transfer(
     root, download = base["data"]["root"], base["data"]["download"]
     for target in transfer.targets:
         echo(f"[target] {target.dataset}")
+        # Read once per (image_size, channels), shared by the models that take that format.
         loaded: dict[tuple[int, int], Any] = {}
 
-        def data_for(image_size: int, channels: int) -> Any:
-            key = (image_size, channels)
-            if key not in loaded:
-                loaded[key] = probe_data(target.dataset, image_size, channels, root=root,
-                                         limit_train=target.limit_train, limit_test=target.limit_test,
-                                         download=download)
-            return loaded[key]
+        def data_for(
+            image_format: tuple[int, int], target: Target = target, loaded: dict[tuple[int, int], Any] = loaded
+        ) -> Any:
+            if image_format not in loaded:
+                loaded[image_format] = probe_data(target.dataset, *image_format, root=root, download=download,
+                                                  limit_train=target.limit_train, limit_test=target.limit_test)
+            return loaded[image_format]
 
         embeddings: dict[str, Any] = {}
         for model in models:
-            data = data_for(*input_format(model["data"]))  # the model's input format
+            data = data_for(input_format(model["data"]))  # the model's input format
             name = f"{model['label']} ({model['source']})"
             extra = {"source": model["source"], "target": target.dataset}
             model_rows, test_features = method_rows(
@@ -286,7 +286,7 @@ def run_transfer(
             rows += model_rows
             if test_features:
                 embeddings[name] = test_features.get("pool", next(iter(test_features.values())))
-        data = data_for(*input_format(base["data"]))
+        data = data_for(input_format(base["data"]))
         if section["random_init"]:
             init_rows, test_features = random_init_rows(
                 base, data, section["positions"], settings, cache_dir, echo, {"source": None, "target": target.dataset}

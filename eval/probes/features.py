@@ -33,6 +33,7 @@ import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
 
 __all__ = [
     "extract_features",
@@ -230,7 +231,6 @@ def _run(
     progress: bool,
     num_workers: int,
 ) -> dict[str, FeatureArrays]:
-    from tqdm.auto import tqdm
 
     target = torch.device(device) if device is not None else _default_device()
     loader = _as_loader(data, batch_size, num_workers, pin_memory=target.type == "cuda")
@@ -282,7 +282,6 @@ def raw_pixel_features(
     The images are what the dataset's transform gives (normalised, at the model's size), so
     the row measures what a probe can do with no representation learning at all.
     """
-    from tqdm.auto import tqdm
 
     loader = _as_loader(data, batch_size, num_workers, pin_memory=False)
     chunks: list[np.ndarray] = []

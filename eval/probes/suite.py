@@ -29,11 +29,12 @@ from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
+import torch
+from threadpoolctl import threadpool_limits
 from torch.utils.data import Dataset
 
-from eval.probes.features import FeatureArrays, extract_features, feature_cache_key, raw_pixel_features
-from eval.data import dataset_spec
 from eval.data import HOLDOUT_SPLIT, dataset_spec, load_dataset
+from eval.probes.features import FeatureArrays, extract_features, feature_cache_key, raw_pixel_features
 from eval.probes.knn import knn_accuracy
 from eval.probes.linear import linear_probe
 
@@ -69,8 +70,6 @@ def probe_threads(images: int) -> Iterator[None]:
     if images > SMALL_PROBE_IMAGES:
         yield
         return
-    import torch
-    from threadpoolctl import threadpool_limits
 
     before = torch.get_num_threads()
     torch.set_num_threads(1)

@@ -22,8 +22,10 @@ import warnings
 from pathlib import Path
 from typing import Any, Mapping
 
+import timm
 import torch
 from pytorch_lightning.callbacks import Callback
+
 from eval.data import DataInfo, dataset_spec
 from eval.errors import CheckpointError
 from eval.methods.encoders import describe_encoder
@@ -178,7 +180,6 @@ def export_backbone(checkpoint_path: str | os.PathLike, out_path: str | os.PathL
     state = {k[len(_ENCODER_PREFIX):]: v for k, v in checkpoint["state_dict"].items() if k.startswith(_ENCODER_PREFIX)}
     out_path = Path(out_path)
     if encoder.get("kind") == "timm":
-        import timm
 
         backbone = {k[len("backbone."):]: v for k, v in state.items() if k.startswith("backbone.")}
         kwargs = {"num_classes": 0, "in_chans": encoder["in_chans"], **encoder["timm_kwargs"]}

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 import yaml
+
 from eval.errors import ConfigError
 from eval.methods import get_method
 from eval.methods.base import MONITOR_DEFAULTS, OPTIMIZER_DEFAULTS, OPTIMIZERS, SCHEDULES

@@ -26,8 +26,7 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from eval.data import HOLDOUT_SPLIT, dataset_labels, dataset_spec, load_dataset, make_transform
-from eval.data import DataInfo
+from eval.data import HOLDOUT_SPLIT, DataInfo, dataset_labels, dataset_spec, load_dataset, make_transform
 
 __all__ = ["EpochSampler", "PretrainDataModule", "SeededAugmentation", "ShardSampler", "mix_seed"]
 

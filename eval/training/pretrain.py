@@ -29,12 +29,12 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import Callback, ModelCheckpoint
 
-from eval.training.checkpoint import CheckpointMetadata, check_compatible, load_checkpoint
-from eval.training.config import config_diff, dump_config
 from eval.data import DataInfo
 from eval.errors import ConfigError, RunError
-from eval.training.datamodule import PretrainDataModule
 from eval.methods import MethodModule, build_method
+from eval.training.checkpoint import CheckpointMetadata, check_compatible, load_checkpoint
+from eval.training.config import config_diff, dump_config
+from eval.training.datamodule import PretrainDataModule
 from eval.training.progress import ProgressBar, ThroughputMeter
 from eval.training.resume import ExactResume, ResumableCSVLogger, TrainingInterrupted
 
