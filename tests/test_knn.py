@@ -7,26 +7,17 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from threadpoolctl import threadpool_limits
 
 from eval import knn_accuracy
 from eval.probes.knn import knn_predict_scores, knn_topk_accuracy
+from eval.probes.suite import one_thread
 
 
 @pytest.fixture(autouse=True)
-def one_thread():
-    """Runs each test with one torch thread and one BLAS/OpenMP thread.
-
-    The tests run on a 2-core machine shared with other jobs; there, two spinning
-    OpenMP/OpenBLAS threads made these small problems up to 10x slower than one thread.
-    """
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        with threadpool_limits(1):
-            yield
-    finally:
-        torch.set_num_threads(before)
+def single_thread():
+    """Each test with one torch thread and one BLAS/OpenMP thread (see eval.probes.suite.one_thread)."""
+    with one_thread():
+        yield
 
 
 def clustered(n_train, n_test, num_classes=10, dim=32, noise=1.5, seed=0):

@@ -10,29 +10,20 @@ from sklearn.datasets import load_digits, make_classification
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import train_test_split
 from sklearn.preprocessing import StandardScaler
-from threadpoolctl import threadpool_limits
 
 from eval import linear_probe_accuracy
 from eval.probes.linear import linear_probe
+from eval.probes.suite import one_thread
 
 # The probe must match scikit-learn to within this (about one test sample in 200).
 TOLERANCE = 0.005
 
 
 @pytest.fixture(autouse=True)
-def one_thread():
-    """Runs each test with one torch thread and one BLAS/OpenMP thread.
-
-    The tests run on a 2-core machine shared with other jobs; there, two spinning
-    OpenMP/OpenBLAS threads made these small problems up to 10x slower than one thread.
-    """
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        with threadpool_limits(1):
-            yield
-    finally:
-        torch.set_num_threads(before)
+def single_thread():
+    """Each test with one torch thread and one BLAS/OpenMP thread (see eval.probes.suite.one_thread)."""
+    with one_thread():
+        yield
 
 
 def sklearn_accuracy(train_x, train_y, test_x, test_y):

@@ -548,21 +548,30 @@ def method_rows(
         echo(f"  {label} has no position {', '.join(missing)} (it has {', '.join(available)}): skipped")
     features = model_features(model, data, chosen, cache_dir=cache_dir, checkpoint=trained["checkpoint"])
     summary = trained["summary"]
+    training = {
+        "images_per_s": summary.get("images_per_s"),
+        "wall_clock_s": trained.get("train_seconds") or summary.get("wall_clock_s"),
+        "peak_memory_mb": trained.get("peak_memory_mb"),
+        "epochs": summary.get("epochs"), "steps": summary.get("steps"), "method_name": summary.get("method"),
+    }
+    rows = probe_rows(label, features, chosen, settings, echo, {**training, **dict(extra or {})})
+    return rows, {p: features[p][1] for p in chosen}
+
+
+def probe_rows(
+    label: str, features: Mapping[str, Any], positions: Sequence[str], settings: Any, echo: Callable[[str], None],
+    columns: Mapping[str, Any],
+) -> list[dict[str, Any]]:
+    """One table row per position: the probes' accuracies on its features, and ``columns``."""
     rows = []
-    for position in chosen:
+    for position in positions:
         result = run_probes(*features[position], settings)
         echo(f"  {label} @ {position}: {format_accuracies(result)}")
         rows.append({
             "method": label, "position": position, **{c: result.get(c) for c in settings.columns},
-            "features": feature_dim(features[position]),
-            "images_per_s": summary.get("images_per_s"),
-            "wall_clock_s": trained.get("train_seconds") or summary.get("wall_clock_s"),
-            "peak_memory_mb": trained.get("peak_memory_mb"),
-            "epochs": summary.get("epochs"), "steps": summary.get("steps"),
-            "method_name": summary.get("method"), "linear_l2": result.get("linear_l2"),
-            **dict(extra or {}),
+            "features": feature_dim(features[position]), "linear_l2": result.get("linear_l2"), **columns,
         })
-    return rows, {p: features[p][1] for p in chosen}
+    return rows
 
 
 def random_init_rows(
@@ -579,16 +588,9 @@ def random_init_rows(
     features = model_features(
         encoder, data, chosen, cache_dir=cache_dir, cache_name=f"random-init|seed={config['seed']}|{name}"
     )
-    rows = []
-    for position in chosen:
-        result = run_probes(*features[position], settings)
-        echo(f"  {RANDOM_INIT} @ {position}: {format_accuracies(result)}")
-        rows.append({
-            "method": RANDOM_INIT, "position": position, **{c: result.get(c) for c in settings.columns},
-            "features": feature_dim(features[position]), "images_per_s": None, "wall_clock_s": None,
-            "peak_memory_mb": None, "epochs": 0, "steps": 0, "method_name": None,
-            "linear_l2": result.get("linear_l2"), **dict(extra or {}),
-        })
+    untrained = {"images_per_s": None, "wall_clock_s": None, "peak_memory_mb": None, "epochs": 0, "steps": 0,
+                 "method_name": None}
+    rows = probe_rows(RANDOM_INIT, features, chosen, settings, echo, {**untrained, **dict(extra or {})})
     return rows, {p: features[p][1] for p in chosen}
 
 

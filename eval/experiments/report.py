@@ -24,7 +24,7 @@ import os
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
-from eval.plain import scalar
+from eval.plain import plain, scalar
 
 __all__ = ["COLUMNS", "format_markdown_table", "report_columns", "write_report"]
 
@@ -103,16 +103,6 @@ def format_markdown_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[s
     return "\n".join(lines) + "\n"
 
 
-def _json_value(value: Any) -> Any:
-    value = scalar(value)
-    # JSON has no NaN or infinity: write null, so every JSON parser reads the file.
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, Path):
-        return str(value)
-    return value
-
-
 def write_report(
     rows: Sequence[Mapping[str, Any]],
     out_dir: str | os.PathLike,
@@ -138,7 +128,8 @@ def write_report(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     columns = report_columns(rows, columns)
-    clean = [{c: _json_value(row.get(c)) for c in columns} for row in rows]
+    # JSON has no NaN or infinity: null, so every JSON parser reads the file.
+    clean = [{c: plain(row.get(c), finite=True) for c in columns} for row in rows]
 
     markdown_path = out / f"{stem}.md"
     table = format_markdown_table(rows, columns) if columns else ""

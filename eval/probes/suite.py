@@ -70,7 +70,17 @@ def probe_threads(images: int) -> Iterator[None]:
     if images > SMALL_PROBE_IMAGES:
         yield
         return
+    with one_thread():
+        yield
 
+
+@contextlib.contextmanager
+def one_thread() -> Iterator[None]:
+    """One torch thread and one BLAS/OpenMP thread inside the block.
+
+    On a 2-core machine shared with other jobs, two spinning OpenMP/OpenBLAS threads made small
+    problems up to 10x slower than one thread.
+    """
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
