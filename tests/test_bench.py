@@ -60,4 +60,4 @@ def test_unknown_method_is_a_clear_error(tmp_path, capsys):
     from eval.cli import main
 
     assert main(["bench", *TINY, "--methods", "nonesuch", "--out", str(tmp_path)]) == 2
-    assert "unknown method(s) nonesuch" in capsys.readouterr().out
+    assert "dim-ssl bench: error: unknown method(s) nonesuch" in capsys.readouterr().err

@@ -19,6 +19,8 @@ from pathlib import Path
 
 import torch
 
+from eval.cli.guard import run_guarded
+from eval.errors import ConfigError
 from eval.experiments.bench import (
     CASES,
     DEFAULT_CASES,
@@ -72,27 +74,38 @@ def run(args: argparse.Namespace) -> int:
         methods=DEFAULT_CASES if args.methods is None else tuple(m.strip() for m in args.methods.split(",") if m.strip()),
         memory=not args.no_memory, rss=not args.no_rss,
     )
-    try:
-        if args.sweep_only:
-            config.validate()
-            if args.threads:
-                torch.set_num_threads(args.threads)
-            result = BenchResult({**config.__dict__, "methods": []}, environment(torch.device(args.device)), [],
-                                 "peak live tensor bytes (see --help of eval.experiments.bench)")
-        else:
-            result = run_bench(config)
-            print(format_table(result), flush=True)
-        if args.sweep_memory or args.sweep_only:
-            sweep = SweepConfig(
-                batch_size=args.sweep_batch_size, channels=args.sweep_channels, device=args.device,
-                map_sizes=tuple(int(m) for m in args.sweep_map_sizes.split(",") if m.strip()),
-                max_unchunked_gib=args.sweep_max_unchunked_gib,
-            )
-            result.sweep = memory_sweep(sweep)
-            print("\n" + format_sweep(result.sweep), flush=True)
-    except ValueError as err:
-        print(f"dim-ssl bench: error: {err}")
-        return 2
+    outcome = run_guarded("bench", lambda: _checked(config), lambda config: _measure(config, args))
+    if isinstance(outcome, int):
+        return outcome
+    _, result = outcome
     paths = write_outputs(result, Path(args.out))
     print("\nwrote " + ", ".join(str(p) for p in paths))
     return 0
+
+
+def _checked(config: BenchConfig) -> BenchConfig:
+    try:
+        config.validate()
+    except ValueError as err:  # the command line's options: a usage mistake
+        raise ConfigError(str(err)) from None
+    return config
+
+
+def _measure(config: BenchConfig, args: argparse.Namespace) -> BenchResult:
+    if args.sweep_only:
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        result = BenchResult({**config.__dict__, "methods": []}, environment(torch.device(args.device)), [],
+                             "peak live tensor bytes (see --help of eval.experiments.bench)")
+    else:
+        result = run_bench(config)
+        print(format_table(result), flush=True)
+    if args.sweep_memory or args.sweep_only:
+        sweep = SweepConfig(
+            batch_size=args.sweep_batch_size, channels=args.sweep_channels, device=args.device,
+            map_sizes=tuple(int(m) for m in args.sweep_map_sizes.split(",") if m.strip()),
+            max_unchunked_gib=args.sweep_max_unchunked_gib,
+        )
+        result.sweep = memory_sweep(sweep)
+        print("\n" + format_sweep(result.sweep), flush=True)
+    return result
