@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import math
 
-from eval.checkpoint import load_checkpoint
+import pytest
 from pretrain_helpers import QUICKSTART, read_metrics, read_summary, run_cli
+
+from eval.training.checkpoint import load_checkpoint
 
 
 def test_two_process_ddp_on_cpu_trains_and_writes_one_checkpoint(tmp_path):
@@ -32,3 +34,24 @@ def test_two_process_ddp_on_cpu_trains_and_writes_one_checkpoint(tmp_path):
     assert checkpoint["dim_ssl"]["config"]["trainer"]["devices"] == 2
     assert checkpoint["dim_ssl"]["config"]["method"]["head"]["gather_distributed"] is True
     assert any(row.get("train_loss_epoch") for row in read_metrics(out))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["simclr", "moco", "byol"])
+def test_two_process_ddp_trains_a_two_view_method_with_its_frozen_summary_mlp(tmp_path, name):
+    # DDP fails on parameters that get no gradient unless they are frozen: the summary MLP of a
+    # two-view method and its momentum copies; MoCo also shuffles keys across the two ranks.
+    out = tmp_path / name
+    result = run_cli([
+        "pretrain", QUICKSTART, f"method.name={name}", "encoder.name=test_resnet", "data.limit_train=64",
+        "data.batch_size=16", "data.limit_val=50", "trainer.max_epochs=1", "trainer.accelerator=cpu",
+        "trainer.devices=2", "trainer.strategy=ddp", "trainer.enable_progress_bar=false",
+        "trainer.log_every_n_steps=1", f"output_dir={out}",
+    ], timeout=300)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    assert "Starting with 2 processes" in result.stdout + result.stderr
+    summary = read_summary(out)
+    assert (summary["method"], summary["world_size"], summary["steps"]) == (name, 2, 2)
+    assert math.isfinite(summary["final_loss"]) and summary["knn_acc"] is not None
+    checkpoint = load_checkpoint(out / "checkpoints" / "last.ckpt")
+    assert checkpoint["global_step"] == 2 and checkpoint["dim_ssl"]["config"]["method"]["name"] == name

@@ -14,7 +14,7 @@ Everything else comes from here:
   across DDP ranks with :func:`dim_ssl.gather_with_grad`;
 - the optimizer and its parameter groups, from the ``optimizer`` section (the same keys for
   every method; each method declares its own recipe as the defaults, :attr:`recipe`), with
-  lightly's ``CosineWarmupScheduler`` stepped every batch;
+  lightly's warm-up + cosine schedule stepped every batch (the online classifier keeps its rate);
 - step logging and epoch means that survive a resume mid-epoch.
 
 Batches are ``(images, labels)`` for one-view methods and ``([view_0, view_1, ...], labels)``
@@ -45,12 +45,13 @@ from __future__ import annotations
 import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, ClassVar, Mapping, Sequence
 
 import pytorch_lightning as pl
 import torch
 from lightly.utils.benchmarking import OnlineLinearClassifier
-from lightly.utils.scheduler import CosineWarmupScheduler
+from lightly.utils.scheduler import cosine_warmup_schedule
 from torch import Tensor, nn
 from torchmetrics import MeanMetric
 
@@ -79,7 +80,7 @@ OPTIMIZER_DEFAULTS: dict[str, Any] = {
     "betas": [0.9, 0.999],  # Adam/AdamW betas
     "momentum": 0.9,  # SGD momentum
     "weight_decay": 0.0,  # of everything the loss trains (never of the online classifier)
-    "schedule": None,  # null (constant) | cosine (lightly's CosineWarmupScheduler, per step)
+    "schedule": None,  # null (constant) | cosine (lightly's cosine_warmup_schedule, per step)
     "warmup_epochs": 0.0,  # linear warm-up before the cosine, in epochs
 }
 
@@ -423,10 +424,19 @@ class MethodModule(pl.LightningModule, ABC):
         total = self.total_steps()
         max_epochs = self.trainer.max_epochs if self.trainer.max_epochs and self.trainer.max_epochs > 0 else 1
         warmup = min(int(settings["warmup_epochs"] * total / max_epochs), total)
-        scheduler = CosineWarmupScheduler(optimizer, warmup_epochs=warmup, max_epochs=total)
+        # lightly's warm-up + cosine (to 1e-3 of the rate, as its CosineWarmupScheduler) for what
+        # the loss trains; the online classifier keeps its rate: a monitor that stopped
+        # learning late in the run would under-report the features it measures.
+        cosine = partial(cosine_warmup_schedule, max_steps=total, start_value=1.0, end_value=1e-3,
+                         warmup_steps=warmup, warmup_start_value=0.0)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, [cosine, _constant])
         # Stepped every batch: smooth, exact for runs resumed mid-epoch, and runs limited by
         # max_steps end at the bottom of the schedule too.
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+def _constant(step: int) -> float:
+    return 1.0
 
 
 def _settings(section: str, defaults: Mapping[str, Any], given: Mapping[str, Any] | None) -> dict[str, Any]:

@@ -24,12 +24,11 @@ from lightly.loss import NegativeCosineSimilarity
 from lightly.models.modules import BYOLPredictionHead, BYOLProjectionHead
 from lightly.models.utils import update_momentum
 from lightly.transforms import SimCLRTransform
-from lightly.utils.scheduler import cosine_schedule
 from torch import Tensor
 
 from dim_ssl import DIMEncoder
 from eval.methods.base import StepOutput
-from eval.methods.moco import momentum_copy
+from eval.methods.momentum import momentum_copy, scheduled_momentum
 from eval.methods.registry import register_method
 from eval.methods.simclr import SimCLR
 from eval.methods.two_view import TwoViewMethod
@@ -88,9 +87,7 @@ class BYOL(TwoViewMethod):
 
     def current_momentum(self) -> float:
         """m at this step, on lightly's cosine schedule from ``momentum`` to ``momentum_end``."""
-        if self._trainer is None:  # outside a Trainer (a step by hand): the starting value
-            return self.momentum
-        return cosine_schedule(self.global_step, self.total_steps(), self.momentum, self.momentum_end)
+        return scheduled_momentum(self, self.momentum, self.momentum_end)
 
     @torch.no_grad()
     def targets(self, x: Tensor) -> Tensor:

@@ -10,7 +10,7 @@ the queued keys stay consistent. v2 adds an MLP projection head, blur and strong
 
 Everything method-specific comes from lightly: ``NTXentLoss(memory_bank_size=...)`` (InfoNCE
 against lightly's ``MemoryBankModule`` queue), ``MoCoProjectionHead``, ``update_momentum``,
-``deactivate_requires_grad``, ``batch_shuffle``/``batch_unshuffle``, ``cosine_schedule``,
+``deactivate_requires_grad``, ``batch_shuffle``/``batch_unshuffle``, ``cosine_schedule``
 ``MoCoV2Transform``. The recipe is lightly's CIFAR-10 benchmark
 (docs/source/getting_started/benchmarks/cifar10_benchmark.py): projection head 512-512-128,
 temperature 0.1, a queue of 4096 keys, momentum 0.99, symmetric loss, SGD lr 0.06 x batch/128,
@@ -19,30 +19,22 @@ momentum 0.9, weight decay 5e-4, cosine decay; views without blur at 32x32.
 
 from __future__ import annotations
 
-import copy
 from typing import Any, Sequence
 
 import torch
 from lightly.loss import NTXentLoss
 from lightly.models.modules import MoCoProjectionHead
-from lightly.models.utils import batch_shuffle, batch_unshuffle, deactivate_requires_grad, update_momentum
+from lightly.models.utils import batch_shuffle, batch_unshuffle, update_momentum
 from lightly.transforms import MoCoV2Transform
-from lightly.utils.scheduler import cosine_schedule
-from torch import Tensor, nn
+from torch import Tensor
 
 from dim_ssl import DIMEncoder
 from eval.methods.base import StepOutput
+from eval.methods.momentum import momentum_copy, scheduled_momentum
 from eval.methods.registry import register_method
 from eval.methods.two_view import TwoViewMethod
 
-__all__ = ["MoCo", "momentum_copy"]
-
-
-def momentum_copy(module: nn.Module) -> nn.Module:
-    """A frozen deep copy of ``module``, to be updated by exponential moving average only."""
-    twin = copy.deepcopy(module)
-    deactivate_requires_grad(twin)
-    return twin
+__all__ = ["MoCo"]
 
 
 @register_method("moco")
@@ -113,9 +105,7 @@ class MoCo(TwoViewMethod):
 
     def current_momentum(self) -> float:
         """m at this step: constant, or lightly's cosine schedule towards ``momentum_end``."""
-        if self.momentum_end is None:
-            return self.momentum
-        return cosine_schedule(self.global_step, self.total_steps(), self.momentum, self.momentum_end)
+        return scheduled_momentum(self, self.momentum, self.momentum_end)
 
     @torch.no_grad()
     def keys(self, x: Tensor) -> Tensor:
