@@ -28,6 +28,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -46,10 +47,7 @@ class ResidualEmbedding(nn.Module):
 
     def __init__(self, in_features: int, hidden_features: int, out_features: int, pointwise: bool) -> None:
         super().__init__()
-        if pointwise:
-            linear = lambda i, o, bias=True: nn.Conv2d(i, o, kernel_size=1, bias=bias)  # noqa: E731
-        else:
-            linear = lambda i, o, bias=True: nn.Linear(i, o, bias=bias)  # noqa: E731
+        linear = partial(nn.Conv2d, kernel_size=1) if pointwise else nn.Linear  # timm's layers/mlp.py idiom
         # No BatchNorm in critics: a score must not depend on which other images share the
         # batch (or the rank), so that data-parallel training equals one big batch exactly.
         self.branch = nn.Sequential(

@@ -268,9 +268,15 @@ class DIMHead(nn.Module):
                 inputs, offset = self._gather(_input_factors(critic, feature_map, fold))  # (N_all, L, K)
                 transform, rows = None, None
             return all_pairs_bound(
-                inputs, summaries, offsets, self.estimator, offset,
-                negatives_across_locations=per_location, reduce_negatives=reduce,
-                input_transform=transform, rows_per_chunk=rows,
+                inputs,
+                summaries,
+                offsets,
+                self.estimator,
+                offset,
+                negatives_across_locations=per_location,
+                reduce_negatives=reduce,
+                input_transform=transform,
+                rows_per_chunk=rows,
             )
 
         inputs, offset = self._gather(_input_factors(critic, feature_map, fold))  # (N_all, L, K)

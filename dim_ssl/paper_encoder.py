@@ -72,17 +72,13 @@ class PaperEncoder(nn.Module):
 
     feature_positions: tuple[str, ...] = FEATURE_POSITIONS
 
-    def __init__(
-        self, global_dim: int = 64, in_chans: int = 3, image_size: int = 32, hidden_dim: int = 1024
-    ) -> None:
+    def __init__(self, global_dim: int = 64, in_chans: int = 3, image_size: int = 32, hidden_dim: int = 1024) -> None:
         super().__init__()
         for name, value in (("global_dim", global_dim), ("in_chans", in_chans), ("hidden_dim", hidden_dim)):
             if value < 1:
                 raise ValueError(f"{name} must be positive; got {value}")
         if image_size < 8 or image_size % 8 != 0:
-            raise ValueError(
-                f"image_size must be a positive multiple of 8 (three stride-2 convs); got {image_size}"
-            )
+            raise ValueError(f"image_size must be a positive multiple of 8 (three stride-2 convs); got {image_size}")
         self.global_dim = global_dim
         self.in_chans = in_chans
         self.image_size = image_size
@@ -103,10 +99,7 @@ class PaperEncoder(nn.Module):
     def _check_input(self, x: Tensor) -> None:
         expected = (self.in_chans, self.image_size, self.image_size)
         if x.ndim != 4 or tuple(x.shape[1:]) != expected:
-            raise ValueError(
-                f"expected input of shape (N, {', '.join(map(str, expected))}); "
-                f"got {tuple(x.shape)}"
-            )
+            raise ValueError(f"expected input of shape (N, {', '.join(map(str, expected))}); got {tuple(x.shape)}")
 
     def encode(self, x: Tensor) -> EncoderOutput:
         """``(feature_map, pooled, hidden, y)`` from one pass, with gradients.

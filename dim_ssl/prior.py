@@ -82,7 +82,9 @@ class PriorMatching(nn.Module):
     def __init__(self, global_dim: int, prior: str = "uniform", gradient_penalty: float = 0.0) -> None:
         super().__init__()
         if prior not in PRIORS:
-            raise ValueError(f"unknown prior {prior!r}; expected one of {', '.join(PRIORS)} (or None for no prior term)")
+            raise ValueError(
+                f"unknown prior {prior!r}; expected one of {', '.join(PRIORS)} (or None for no prior term)"
+            )
         if gradient_penalty < 0:
             raise ValueError(f"gradient_penalty must be >= 0; got {gradient_penalty}")
         self.prior = prior

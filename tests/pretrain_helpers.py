@@ -52,7 +52,11 @@ def run_cli(args: Sequence[str], timeout: float = 240, **env: str) -> subprocess
 def start_cli(args: Sequence[str], **env: str) -> subprocess.Popen:
     """``dim-ssl ARGS`` started in the background, stdout and stderr in one binary pipe."""
     return subprocess.Popen(
-        [*cli_command(), *args], cwd=ROOT, env=cli_env(**env), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        [*cli_command(), *args],
+        cwd=ROOT,
+        env=cli_env(**env),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
     )
 
 

@@ -44,8 +44,19 @@ def test_baseline_method_keys_are_checked_and_overridable():
 
 
 def test_a_bad_view_option_is_a_clean_config_error(tmp_path, capsys):
-    assert main(["pretrain", QUICKSTART, "method.name=simclr", "method.transform={no_such_option: 1}", *TINY,
-                 f"output_dir={tmp_path / 'a'}"]) == 2
+    assert (
+        main(
+            [
+                "pretrain",
+                QUICKSTART,
+                "method.name=simclr",
+                "method.transform={no_such_option: 1}",
+                *TINY,
+                f"output_dir={tmp_path / 'a'}",
+            ]
+        )
+        == 2
+    )
     assert "method.transform of SimCLR" in capsys.readouterr().err
 
 

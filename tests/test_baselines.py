@@ -31,8 +31,12 @@ def make_encoder() -> dim_ssl.TimmEncoder:
 
 def make_trainer(steps: int) -> pl.Trainer:
     return pl.Trainer(
-        accelerator="cpu", max_steps=steps, logger=False, enable_checkpointing=False,
-        enable_progress_bar=False, enable_model_summary=False,
+        accelerator="cpu",
+        max_steps=steps,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
     )
 
 
@@ -45,8 +49,7 @@ def views_of(method_class, dataset="digits", image_size=32, channels=1, **transf
 def two_view_loader(model) -> DataLoader:
     transform = model.train_transform(dataset_spec("digits"), 32, 1)
     data = load_dataset("digits", "train", transform=transform, limit=4 * BATCH)
-    return DataLoader(data, batch_size=BATCH, shuffle=True, drop_last=True,
-                      generator=torch.Generator().manual_seed(0))
+    return DataLoader(data, batch_size=BATCH, shuffle=True, drop_last=True, generator=torch.Generator().manual_seed(0))
 
 
 def backbone_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -56,14 +59,15 @@ def backbone_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
 # ---- transforms ------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("method_class, lightly_class", [(SimCLR, SimCLRTransform), (MoCo, MoCoV2Transform),
-                                                          (BYOL, SimCLRTransform)])
+@pytest.mark.parametrize(
+    "method_class, lightly_class", [(SimCLR, SimCLRTransform), (MoCo, MoCoV2Transform), (BYOL, SimCLRTransform)]
+)
 def test_transform_gives_two_different_normalised_views(method_class, lightly_class):
     transform = views_of(method_class)
     assert isinstance(transform, TwoViewTransform)
     assert type(transform.views) is lightly_class  # lightly's own transform does the work
     torch.manual_seed(0)
-    image, _ = load_dataset("digits", "train", transform=lambda x: x)[0]   # raw (1, 8, 8) float
+    image, _ = load_dataset("digits", "train", transform=lambda x: x)[0]  # raw (1, 8, 8) float
     views = transform(image)
     assert len(views) == 2
     for view in views:
@@ -148,9 +152,14 @@ def test_simclr_learning_rate_follows_lightlys_linear_scaling(tmp_path):
     assert model.learning_rate == pytest.approx(0.06 * 256 / 128)
     # The recipe's cosine schedule needs a run of known length: one step of a Trainer.
     images = torch.randn(8, *SHAPE)
-    loader = DataLoader(TensorDataset(images, images.flip(-1), torch.arange(8)), batch_size=8,
-                        collate_fn=lambda rows: ([torch.stack([r[0] for r in rows]), torch.stack([r[1] for r in rows])],
-                                                 torch.stack([r[2] for r in rows])))
+    loader = DataLoader(
+        TensorDataset(images, images.flip(-1), torch.arange(8)),
+        batch_size=8,
+        collate_fn=lambda rows: (
+            [torch.stack([r[0] for r in rows]), torch.stack([r[1] for r in rows])],
+            torch.stack([r[2] for r in rows]),
+        ),
+    )
     trainer = make_trainer(steps=1)
     trainer.fit(model, loader)
     optimizer = trainer.optimizers[0]
@@ -186,8 +195,7 @@ def test_unknown_encoder_kind_is_refused():
 
 def test_moco_key_encoder_moves_by_momentum_not_by_gradient():
     m = 0.9
-    model = MoCo(make_encoder(), num_classes=10, image_shape=SHAPE, batch_size=BATCH, momentum=m,
-                 memory_bank_size=256)
+    model = MoCo(make_encoder(), num_classes=10, image_shape=SHAPE, batch_size=BATCH, momentum=m, memory_bank_size=256)
     assert not any(p.requires_grad for p in model.encoder_momentum.parameters())
     assert not any(p.requires_grad for p in model.projection_head_momentum.parameters())
     # Make the key encoder differ from the query encoder, so the average is visible.
@@ -214,8 +222,16 @@ def test_moco_key_encoder_moves_by_momentum_not_by_gradient():
 
 
 def test_moco_runs_several_steps_with_a_cosine_momentum_schedule():
-    model = MoCo(make_encoder(), num_classes=10, image_shape=SHAPE, batch_size=BATCH, memory_bank_size=256,
-                 momentum=0.99, momentum_end=1.0, symmetric=False)
+    model = MoCo(
+        make_encoder(),
+        num_classes=10,
+        image_shape=SHAPE,
+        batch_size=BATCH,
+        memory_bank_size=256,
+        momentum=0.99,
+        momentum_end=1.0,
+        symmetric=False,
+    )
     trainer = make_trainer(steps=3)
     trainer.fit(model, two_view_loader(model))
     assert math.isfinite(float(trainer.callback_metrics["train_loss"]))
@@ -238,8 +254,11 @@ def test_features_are_frozen_at_every_declared_position(method_class, proj_width
     encoder = make_encoder()
     model = method_class(encoder, num_classes=10, image_shape=SHAPE).eval()
     x = torch.randn(5, *SHAPE)
-    widths = {"pool": encoder.pooled_dim, "proj": proj_width,
-              "conv": encoder.feature_channels * encoder.feature_map_size(32) ** 2}
+    widths = {
+        "pool": encoder.pooled_dim,
+        "proj": proj_width,
+        "conv": encoder.feature_channels * encoder.feature_map_size(32) ** 2,
+    }
     assert model.feature_positions == ("conv", "pool", "proj")
     for position in model.feature_positions:
         features = model.features(x, position)

@@ -9,14 +9,34 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-TINY = ["--backbone", "test_resnet", "--image-size", "16", "--batch-size", "4", "--channels", "1",
-        "--rounds", "1", "--steps", "1", "--warmup", "0"]
+TINY = [
+    "--backbone",
+    "test_resnet",
+    "--image-size",
+    "16",
+    "--batch-size",
+    "4",
+    "--channels",
+    "1",
+    "--rounds",
+    "1",
+    "--steps",
+    "1",
+    "--warmup",
+    "0",
+]
 
 
 def dim_ssl(*args: str, tmp_path: Path) -> subprocess.CompletedProcess:
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    return subprocess.run([sys.executable, "-m", "eval.cli", "bench", *args, "--out", str(tmp_path)],
-                          cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "eval.cli", "bench", *args, "--out", str(tmp_path)],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 def test_bench_runs_every_method_and_writes_json_csv_and_table(tmp_path):
@@ -27,7 +47,9 @@ def test_bench_runs_every_method_and_writes_json_csv_and_table(tmp_path):
     report = json.loads((tmp_path / "bench.json").read_text())
     assert set(report["methods"]) == set(CASES) and set(DEFAULT_CASES) <= set(CASES)
     for name, method in report["methods"].items():
-        assert method["images_per_s"] > 0 and method["views"] == (2 if name.startswith(("simclr", "moco", "byol")) else 1)
+        assert method["images_per_s"] > 0 and method["views"] == (
+            2 if name.startswith(("simclr", "moco", "byol")) else 1
+        )
         assert method["ratio_to_floor"] > 0 and method["ratio_to_simclr"] > 0
         assert method["peak_memory_mib"] is None or method["peak_memory_mib"] > 0
     assert report["methods"]["backbone"]["ratio_to_floor"] == pytest.approx(1.0)
@@ -41,8 +63,19 @@ def test_bench_runs_every_method_and_writes_json_csv_and_table(tmp_path):
 
 
 def test_bench_memory_sweep_and_rss_probe(tmp_path):
-    result = dim_ssl(*TINY, "--methods", "dim_l_jsd_dot", "--sweep-memory", "--sweep-batch-size", "4",
-                     "--sweep-map-sizes", "2,40", "--sweep-channels", "4", tmp_path=tmp_path)
+    result = dim_ssl(
+        *TINY,
+        "--methods",
+        "dim_l_jsd_dot",
+        "--sweep-memory",
+        "--sweep-batch-size",
+        "4",
+        "--sweep-map-sizes",
+        "2,40",
+        "--sweep-channels",
+        "4",
+        tmp_path=tmp_path,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads((tmp_path / "bench.json").read_text())
     assert all(m["peak_rss_mib"] is not None for m in report["methods"].values())

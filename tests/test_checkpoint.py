@@ -42,8 +42,12 @@ def test_checkpoints_load_weights_only_and_carry_the_run_config(timm_checkpoint)
     assert raw.keys() == checkpoint.keys()
     meta = checkpoint["dim_ssl"]
     assert meta["config"]["encoder"]["name"] == "test_resnet"
-    assert meta["encoder"] == {"kind": "timm", "model_name": "test_resnet", "in_chans": 1,
-                               "timm_kwargs": {"pretrained": False}}
+    assert meta["encoder"] == {
+        "kind": "timm",
+        "model_name": "test_resnet",
+        "in_chans": 1,
+        "timm_kwargs": {"pretrained": False},
+    }
     resume_state = checkpoint["callbacks"]["ExactResume"]
     assert isinstance(resume_state["rng"]["torch"], torch.Tensor)  # RNG states as tensors
     assert (resume_state["epoch"], resume_state["batch"]) == (1, 0)  # saved at the end of epoch 0
@@ -83,8 +87,9 @@ class NotPlainData:
     """Pickled by reference to its class: weights-only loading refuses it."""
 
 
-@pytest.mark.parametrize("damage", ["truncated", "random_bytes", "empty", "foreign_state_dict", "pickled_object",
-                                    "missing"])
+@pytest.mark.parametrize(
+    "damage", ["truncated", "random_bytes", "empty", "foreign_state_dict", "pickled_object", "missing"]
+)
 def test_damaged_or_foreign_files_are_a_clear_error(damage, timm_checkpoint, tmp_path):
     path = tmp_path / "file.ckpt"
     if damage == "truncated":

@@ -61,8 +61,14 @@ def test_chunked_scoring_equals_the_whole_score_tensor(estimator, across, positi
     )
     for rows in (None, 1, 2, 3, 7, 100):
         bound = all_pairs_bound(
-            inputs, summaries, offsets, estimator, positive_offset, negatives_across_locations=across,
-            input_transform=transform, rows_per_chunk=rows,
+            inputs,
+            summaries,
+            offsets,
+            estimator,
+            positive_offset,
+            negatives_across_locations=across,
+            input_transform=transform,
+            rows_per_chunk=rows,
         )
         value, grads = value_and_grads(bound, tensors)
         assert value.item() == pytest.approx(expected.item(), abs=1e-5), rows
@@ -123,8 +129,18 @@ def test_head_with_a_score_limit_gives_the_same_loss_and_gradients(estimator, cr
     results = []
     for limit in (None, 20, 1):  # one block; blocks of 1 image (local: 54 scores each); 1 score
         torch.manual_seed(0)
-        head = DIMHead(5, 4, estimator=estimator, critic=critic, negatives="all", alpha=0.5, beta=1.0,
-                       hidden_dim=16, embed_dim=8, max_scores_in_memory=limit)
+        head = DIMHead(
+            5,
+            4,
+            estimator=estimator,
+            critic=critic,
+            negatives="all",
+            alpha=0.5,
+            beta=1.0,
+            hidden_dim=16,
+            embed_dim=8,
+            max_scores_in_memory=limit,
+        )
         monkeypatch.setattr(type(head.local_critic), "fold_pays", lambda self, *sizes: fold)
         monkeypatch.setattr(type(head.global_critic), "fold_pays", lambda self, *sizes: fold)
         results.append(head_value_and_grads(head, feature_map, y))
@@ -144,8 +160,9 @@ def test_folding_the_critic_changes_neither_loss_nor_gradients(estimator, critic
     results = []
     for fold in (False, True):
         torch.manual_seed(0)
-        head = DIMHead(5, 4, estimator=estimator, critic=critic, negatives=negatives, alpha=0.5,
-                       hidden_dim=16, embed_dim=8)
+        head = DIMHead(
+            5, 4, estimator=estimator, critic=critic, negatives=negatives, alpha=0.5, hidden_dim=16, embed_dim=8
+        )
         monkeypatch.setattr(type(head.local_critic), "fold_pays", lambda self, *sizes, fold=fold: fold)
         monkeypatch.setattr(type(head.global_critic), "fold_pays", lambda self, *sizes, fold=fold: fold)
         torch.manual_seed(2)  # the same shuffles
@@ -164,8 +181,7 @@ def test_chunked_scoring_bounds_peak_memory():
     y = torch.randn(32, 4, requires_grad=True)
     peaks = {}
     for limit in (None, 2**12):
-        head = DIMHead(8, 4, estimator="infonce", prior=None, hidden_dim=64, embed_dim=64,
-                       max_scores_in_memory=limit)
+        head = DIMHead(8, 4, estimator="infonce", prior=None, hidden_dim=64, embed_dim=64, max_scores_in_memory=limit)
         peaks[limit] = peak_tensor_bytes(lambda h=head: h(feature_map, y).loss.backward(), torch.device("cpu"))
     if peaks[None] is None:
         pytest.skip("this torch's profiler does not expose allocation events")
@@ -193,8 +209,16 @@ def test_location_sampling_gives_the_right_shapes_and_finite_values():
     assert (feature_map.grad.flatten(2).abs().sum((0, 1)) > 0).sum() <= 3
 
     for critic, negatives in CRITIC_NEGATIVES:
-        other = DIMHead(5, 4, critic=critic, negatives=negatives, hidden_dim=16, embed_dim=8, num_locations=3,
-                        max_scores_in_memory=10)
+        other = DIMHead(
+            5,
+            4,
+            critic=critic,
+            negatives=negatives,
+            hidden_dim=16,
+            embed_dim=8,
+            num_locations=3,
+            max_scores_in_memory=10,
+        )
         assert torch.isfinite(other(feature_map, y).local_mi)
     # As many locations as the map has, or more: nothing is sampled.
     assert DIMHead(5, 4, num_locations=16)._sample_map_locations(feature_map) is feature_map
@@ -209,10 +233,13 @@ def test_sampled_infonce_has_n_minus_one_times_num_locations_negatives():
     assert out.local_mi.item() == pytest.approx(-math.log(1 + (6 - 1) * 3), abs=1e-6)
 
 
-@pytest.mark.parametrize("kwargs,message", [
-    ({"max_scores_in_memory": 0}, "max_scores_in_memory must be None or an integer >= 1; got 0"),
-    ({"num_locations": 2.5}, "num_locations must be None or an integer >= 1; got 2.5"),
-])
+@pytest.mark.parametrize(
+    "kwargs,message",
+    [
+        ({"max_scores_in_memory": 0}, "max_scores_in_memory must be None or an integer >= 1; got 0"),
+        ({"num_locations": 2.5}, "num_locations must be None or an integer >= 1; got 2.5"),
+    ],
+)
 def test_bad_limits_are_refused(kwargs, message):
     with pytest.raises(ValueError, match=message):
         DIMHead(5, 4, **kwargs)

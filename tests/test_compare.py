@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+from operator import itemgetter
 
 import numpy as np
 import pytest
@@ -20,9 +21,16 @@ ALL_ROWS = {"DIM(L)", "DIM(G)", "SimCLR", "MoCo", "random init", "raw pixels"}
 # The quickstart comparison, shrunk: timm's tiny test_resnet, 96 training and 64 held-out
 # images, one epoch per method, a smaller kNN (96 images cannot feed 200 neighbours).
 TINY_COMPARE = [
-    "encoder.name=test_resnet", "data.limit_train=96", "data.limit_val=64", "data.batch_size=32",
-    "trainer.enable_progress_bar=false", "compare.budget.seconds=null", "compare.budget.epochs=1",
-    "compare.knn_k=10", "compare.curve.limit_train=64", "compare.curve.knn_k=5",
+    "encoder.name=test_resnet",
+    "data.limit_train=96",
+    "data.limit_val=64",
+    "data.batch_size=32",
+    "trainer.enable_progress_bar=false",
+    "compare.budget.seconds=null",
+    "compare.budget.epochs=1",
+    "compare.knn_k=10",
+    "compare.curve.limit_train=64",
+    "compare.curve.knn_k=5",
 ]
 
 
@@ -76,7 +84,9 @@ def test_quickstart_serves_both_pretrain_and_compare():
 
 
 def test_a_method_switch_drops_the_other_methods_keys_and_nested_overrides_equal_dotted(tmp_path):
-    config = write_config(tmp_path / "c.yaml", """
+    config = write_config(
+        tmp_path / "c.yaml",
+        """
 name: c
 method: {name: dim, head: {alpha: 0.5}}
 compare:
@@ -85,7 +95,8 @@ compare:
     - {label: nested, overrides: {method: {head: {alpha: 0.25}}, data: {batch_size: 16}}}
     - {label: contrastive, overrides: {method.name: simclr, method.temperature: 0.2}}
   budget: {epochs: 3}
-""")
+""",
+    )
     dotted, nested, contrastive = resolve_comparison(config).configs
     for key in ("method", "data", "trainer", "encoder", "optimizer"):
         assert dotted[key] == nested[key], key
@@ -101,16 +112,22 @@ def test_a_wall_clock_budget_sets_lightnings_max_time_and_an_epoch_cap(tmp_path)
         assert resolved["trainer"]["max_time_s"] == 12.0 and resolved["trainer"]["max_epochs"] == 1000
 
 
-@pytest.mark.parametrize("section, message", [
-    ("{budgt: {epochs: 1}}", "did you mean 'compare.budget'"),
-    ("{budget: {epochs: 0}}", "compare.budget.epochs must be a whole number >= 1"),
-    ("{budget: {seconds: -5}}", "compare.budget.seconds must be a positive number"),
-    ("{probes: [knn, svm]}", "probes must be one or more of knn, linear"),
-    ("{methods: [{label: A}, {label: a}]}", "name the same output folder"),
-    ("{methods: [{overrides: {method.name: dim}}]}", "needs a label"),
-    ("{methods: [{label: X, overrides: {optimizer.lrr: 1}}]}", "compare.methods[0] (X): unknown config key 'optimizer.lrr'"),
-    ("{methods: [{label: X, overrides: {method.name: nonesuch}}]}", "unknown method.name 'nonesuch'"),
-])
+@pytest.mark.parametrize(
+    "section, message",
+    [
+        ("{budgt: {epochs: 1}}", "did you mean 'compare.budget'"),
+        ("{budget: {epochs: 0}}", "compare.budget.epochs must be a whole number >= 1"),
+        ("{budget: {seconds: -5}}", "compare.budget.seconds must be a positive number"),
+        ("{probes: [knn, svm]}", "probes must be one or more of knn, linear"),
+        ("{methods: [{label: A}, {label: a}]}", "name the same output folder"),
+        ("{methods: [{overrides: {method.name: dim}}]}", "needs a label"),
+        (
+            "{methods: [{label: X, overrides: {optimizer.lrr: 1}}]}",
+            "compare.methods[0] (X): unknown config key 'optimizer.lrr'",
+        ),
+        ("{methods: [{label: X, overrides: {method.name: nonesuch}}]}", "unknown method.name 'nonesuch'"),
+    ],
+)
 def test_configuration_mistakes_are_named(tmp_path, section, message):
     config = write_config(tmp_path / "c.yaml", f"compare: {section}\n")
     with pytest.raises(ConfigError, match=None) as caught:
@@ -159,8 +176,14 @@ def test_compare_writes_every_row_and_every_file(tiny_comparison):
     resolved = yaml.safe_load((out / "config.yaml").read_text())
     assert resolved["compare"]["budget"] == {"epochs": 1, "seconds": None}
     for folder in ("dim-l", "dim-g", "simclr", "moco"):
-        for name in ("config.yaml", "metrics.csv", "summary.json", "training.json", "knn_vs_time.png",
-                     "checkpoints/last.ckpt"):
+        for name in (
+            "config.yaml",
+            "metrics.csv",
+            "summary.json",
+            "training.json",
+            "knn_vs_time.png",
+            "checkpoints/last.ckpt",
+        ):
             assert (out / folder / name).is_file(), f"{folder}/{name}"
     # Progress and the table on stdout.
     assert "[4/4] MoCo" in result.stdout and "| raw pixels | pixels |" in result.stdout
@@ -190,8 +213,11 @@ def test_baseline_rows_are_their_own_numbers(tiny_comparison):
 
     # Random init: the encoder as the seed builds it, before any training.
     pl.seed_everything(0, verbose=False)
-    encoder = build_encoder({"name": "test_resnet", "global_dim": 64, "hidden_dim": 1024, "feature_stage": None,
-                             "kwargs": {}}, channels=1, image_size=32)
+    encoder = build_encoder(
+        {"name": "test_resnet", "global_dim": 64, "hidden_dim": 1024, "feature_stage": None, "kwargs": {}},
+        channels=1,
+        image_size=32,
+    )
     init = model_features(encoder, data, ("pool",), progress=False)["pool"]
     assert rows[("random init", "pool")]["knn_acc"] == _direct_knn(*init)
 
@@ -202,7 +228,7 @@ def test_baseline_rows_are_their_own_numbers(tiny_comparison):
     assert not np.allclose(trained[0][0], init[0][0])
 
     # Separate numbers: the baselines differ from each other and from the trained rows.
-    baseline = lambda r: (r["knn_acc"], r["linear_acc"])  # noqa: E731
+    baseline = itemgetter("knn_acc", "linear_acc")
     assert baseline(pixels) != baseline(rows[("random init", "pool")])
     for label in ("DIM(L)", "DIM(G)", "SimCLR", "MoCo"):
         assert baseline(rows[(label, "pool")]) != baseline(pixels)

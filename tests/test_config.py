@@ -88,8 +88,9 @@ def test_quickstart_with_overrides_resolves_every_key():
 
 
 def test_integers_become_floats_where_a_float_is_due_and_lightning_spellings_pass():
-    config = resolve_config(QUICKSTART, ["optimizer.lr=1", "trainer.devices=auto", "trainer.precision=32",
-                                         "trainer.sync_batchnorm=true"])
+    config = resolve_config(
+        QUICKSTART, ["optimizer.lr=1", "trainer.devices=auto", "trainer.precision=32", "trainer.sync_batchnorm=true"]
+    )
     assert config["optimizer"]["lr"] == 1.0 and isinstance(config["optimizer"]["lr"], float)
     assert config["trainer"]["devices"] == "auto"
     assert config["trainer"]["precision"] == "32"
@@ -183,8 +184,9 @@ def test_a_registered_method_brings_its_own_checked_keys_read_from_its_construct
 
         recipe = {"optimizer": {"name": "sgd", "lr": 0.5}}
 
-        def __init__(self, encoder, num_classes, image_shape, *, temperature: float = 0.5,
-                     head: dict = {"width": 128}, **common):  # noqa: B006
+        def __init__(
+            self, encoder, num_classes, image_shape, *, temperature: float = 0.5, head: dict = {"width": 128}, **common
+        ):
             super().__init__(encoder, num_classes, image_shape, **common)
 
         def training_loss(self, views):  # pragma: no cover - never trained here
@@ -201,7 +203,9 @@ def test_a_registered_method_brings_its_own_checked_keys_read_from_its_construct
         with pytest.raises(ConfigError, match="method.temperature must be a number"):
             resolve_config(None, ["method.name=toy_method", "method.temperature=warm"])
         # DIM's keys do not leak into another method's section.
-        with pytest.raises(ConfigError, match="unknown config key 'method.head.estimator'; valid keys in method.head: width"):
+        with pytest.raises(
+            ConfigError, match="unknown config key 'method.head.estimator'; valid keys in method.head: width"
+        ):
             resolve_config(None, base={"method": {"name": "toy_method", "head": {"estimator": "jsd"}}})
         # Switching methods by override sets the file's (DIM) method keys aside.
         switched = resolve_config(QUICKSTART, ["method.name=toy_method"])

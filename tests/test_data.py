@@ -174,9 +174,7 @@ def test_augmentations_can_be_switched_off():
     # Digits: no flip by default, so a crop-free training transform is the identity.
     digits = dataset_spec("digits")
     small = torch.rand(1, 8, 8)
-    assert torch.equal(
-        make_transform(digits, train=True, crop=False)(small), make_transform(digits)(small)
-    )
+    assert torch.equal(make_transform(digits, train=True, crop=False)(small), make_transform(digits)(small))
 
 
 def test_eval_transform_pads_28_to_32_and_normalises():

@@ -30,8 +30,15 @@ class TinyDIM(nn.Module):
         self.conv = nn.Conv2d(3, CHANNELS, 3, padding=1)
         self.to_y = nn.Linear(CHANNELS, GLOBAL_DIM)
         self.head = DIMHead(
-            CHANNELS, GLOBAL_DIM, alpha=0.5, beta=1.0, prior=None, gather_distributed=gather,
-            hidden_dim=16, embed_dim=8, **head_kwargs,
+            CHANNELS,
+            GLOBAL_DIM,
+            alpha=0.5,
+            beta=1.0,
+            prior=None,
+            gather_distributed=gather,
+            hidden_dim=16,
+            embed_dim=8,
+            **head_kwargs,
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -126,8 +133,13 @@ def _gather_worker(rank: int, world_size: int, port: int, out_dir: str) -> None:
         weighted, _ = dim_ssl.gather_with_grad(leaf)
         (weighted.sum() * (rank + 1)).backward()
         torch.save(
-            {"features": gathered, "offset": offset, "labels": gathered_labels, "label_offset": label_offset,
-             "grad": leaf.grad},
+            {
+                "features": gathered,
+                "offset": offset,
+                "labels": gathered_labels,
+                "label_offset": label_offset,
+                "grad": leaf.grad,
+            },
             os.path.join(out_dir, f"gather{rank}.pt"),
         )
     finally:

@@ -27,8 +27,19 @@ def tiny_checkpoint(tmp_path_factory) -> Path:
 
 
 def test_evaluate_probes_each_position_and_writes_the_table(tiny_checkpoint, capsys):
-    args = ["evaluate", str(tiny_checkpoint), "--positions", "pool", "y", "--limit-train", "200",
-            "--limit-test", "100", "--knn-k", "10"]
+    args = [
+        "evaluate",
+        str(tiny_checkpoint),
+        "--positions",
+        "pool",
+        "y",
+        "--limit-train",
+        "200",
+        "--limit-test",
+        "100",
+        "--knn-k",
+        "10",
+    ]
     assert main(args) == 0
     printed = capsys.readouterr().out
     assert "| checkpoint | method | dataset | position | knn_acc | linear_acc |" in printed
@@ -98,8 +109,11 @@ def test_transfer_pretrains_on_digits_and_probes_fashion_mnist(tmp_path, capsys)
 
 
 def test_transfer_probes_given_checkpoints_without_pretraining(tiny_checkpoint, tmp_path):
-    config = _transfer_config(tmp_path / "t.yaml", "[digits]",
-                              f"  checkpoints: {{tiny: {tiny_checkpoint}}}\n  raw_pixels: false\n  probes: [knn]")
+    config = _transfer_config(
+        tmp_path / "t.yaml",
+        "[digits]",
+        f"  checkpoints: {{tiny: {tiny_checkpoint}}}\n  raw_pixels: false\n  probes: [knn]",
+    )
     out = tmp_path / "given"
     assert main(["transfer", config, f"output_dir={out}"]) == 0
     rows = json.loads((out / "transfer.json").read_text())

@@ -94,30 +94,51 @@ def test_a_dataloader_is_used_as_given(encoder, dataset):
 
 def test_cache_hit_returns_identical_arrays_without_calling_the_model(tmp_path, dataset):
     model = CountingModel()
-    first = extract_features(model, dataset, positions=("a", "b"), batch_size=16,
-                             cache_dir=tmp_path, cache_key="run-1|digits|test", progress=False)
+    first = extract_features(
+        model,
+        dataset,
+        positions=("a", "b"),
+        batch_size=16,
+        cache_dir=tmp_path,
+        cache_key="run-1|digits|test",
+        progress=False,
+    )
     calls = dict(model.calls)
     assert calls == {"a": 3, "b": 3}  # 40 images in batches of 16, one call per position
     assert len(list(tmp_path.glob("*.npz"))) == 2
 
-    second = extract_features(model, dataset, positions=("a", "b"), batch_size=16,
-                              cache_dir=tmp_path, cache_key="run-1|digits|test", progress=False)
+    second = extract_features(
+        model,
+        dataset,
+        positions=("a", "b"),
+        batch_size=16,
+        cache_dir=tmp_path,
+        cache_key="run-1|digits|test",
+        progress=False,
+    )
     assert model.calls == calls  # not called again
     for position in ("a", "b"):
         np.testing.assert_array_equal(first[position][0], second[position][0])
         np.testing.assert_array_equal(first[position][1], second[position][1])
 
-    extract_features(model, dataset, positions=("a",), batch_size=16,
-                     cache_dir=tmp_path, cache_key="run-2|digits|test", progress=False)
+    extract_features(
+        model,
+        dataset,
+        positions=("a",),
+        batch_size=16,
+        cache_dir=tmp_path,
+        cache_key="run-2|digits|test",
+        progress=False,
+    )
     assert model.calls["a"] == calls["a"] + 3  # another key is another checkpoint: extracted
 
 
 def test_only_the_missing_positions_are_extracted(tmp_path, dataset):
     model = CountingModel()
-    extract_features(model, dataset, positions=("a",), batch_size=16, cache_dir=tmp_path,
-                     cache_key="k", progress=False)
-    extract_features(model, dataset, positions=("a", "b"), batch_size=16, cache_dir=tmp_path,
-                     cache_key="k", progress=False)
+    extract_features(model, dataset, positions=("a",), batch_size=16, cache_dir=tmp_path, cache_key="k", progress=False)
+    extract_features(
+        model, dataset, positions=("a", "b"), batch_size=16, cache_dir=tmp_path, cache_key="k", progress=False
+    )
     assert model.calls == {"a": 3, "b": 3}
 
 

@@ -187,8 +187,18 @@ def test_the_uninformative_floor_by_hand():
 @pytest.mark.parametrize("estimator,critic,negatives", COMBINATIONS)
 def test_every_registered_combination_trains_both_terms_in_one_backward(estimator, critic, negatives):
     torch.manual_seed(0)
-    head = DIMHead(CHANNELS, GLOBAL_DIM, estimator=estimator, critic=critic, negatives=negatives,
-                   alpha=0.5, beta=1.0, gamma=0.1, hidden_dim=16, embed_dim=8)
+    head = DIMHead(
+        CHANNELS,
+        GLOBAL_DIM,
+        estimator=estimator,
+        critic=critic,
+        negatives=negatives,
+        alpha=0.5,
+        beta=1.0,
+        gamma=0.1,
+        hidden_dim=16,
+        embed_dim=8,
+    )
     assert isinstance(head.local_critic, CRITICS[critic].local_critic)
     assert isinstance(head.global_critic, CRITICS[critic].global_critic)
     feature_map, y = toy_batch(6, True, torch.Generator().manual_seed(4))

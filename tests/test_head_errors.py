@@ -63,7 +63,10 @@ def test_nan_or_inf_in_inputs(head, bad):
     [
         ({"estimator": "mine"}, f"unknown estimator 'mine'; expected one of {', '.join(ESTIMATORS)}"),
         ({"critic": "bilinear"}, f"unknown critic 'bilinear'; expected one of {', '.join(CRITICS)}"),
-        ({"negatives": "memory_bank"}, f"unknown negatives mode 'memory_bank'; expected one of {', '.join(NEGATIVE_MODES)}"),
+        (
+            {"negatives": "memory_bank"},
+            f"unknown negatives mode 'memory_bank'; expected one of {', '.join(NEGATIVE_MODES)}",
+        ),
         ({"prior": "beta"}, "unknown prior 'beta'"),
         ({"alpha": -1.0}, "alpha must be a finite weight >= 0; got -1.0"),
         ({"alpha": 0.0, "beta": 0.0, "gamma": 0.0}, "the head has no objective"),
@@ -75,7 +78,9 @@ def test_bad_constructor_arguments(kwargs, message):
 
 
 # Every negatives mode a registered critic shape cannot score.
-UNSUPPORTED = [(critic, mode) for critic, shape in CRITICS.items() for mode in NEGATIVE_MODES if mode not in shape.negatives]
+UNSUPPORTED = [
+    (critic, mode) for critic, shape in CRITICS.items() for mode in NEGATIVE_MODES if mode not in shape.negatives
+]
 
 
 @pytest.mark.parametrize("critic,negatives", UNSUPPORTED)

@@ -12,12 +12,24 @@ from eval.training.checkpoint import load_checkpoint
 
 def test_two_process_ddp_on_cpu_trains_and_writes_one_checkpoint(tmp_path):
     out = tmp_path / "ddp"
-    result = run_cli([
-        "pretrain", QUICKSTART, "encoder.name=test_resnet", "data.limit_train=64", "data.batch_size=16",
-        "data.limit_val=50", "trainer.max_epochs=1", "trainer.accelerator=cpu", "trainer.devices=2",
-        "trainer.strategy=ddp", "trainer.enable_progress_bar=false", "trainer.log_every_n_steps=1",
-        f"output_dir={out}",
-    ], timeout=300)
+    result = run_cli(
+        [
+            "pretrain",
+            QUICKSTART,
+            "encoder.name=test_resnet",
+            "data.limit_train=64",
+            "data.batch_size=16",
+            "data.limit_val=50",
+            "trainer.max_epochs=1",
+            "trainer.accelerator=cpu",
+            "trainer.devices=2",
+            "trainer.strategy=ddp",
+            "trainer.enable_progress_bar=false",
+            "trainer.log_every_n_steps=1",
+            f"output_dir={out}",
+        ],
+        timeout=300,
+    )
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
     assert "Starting with 2 processes" in result.stdout + result.stderr  # Lightning's gloo set-up
 
@@ -42,12 +54,25 @@ def test_two_process_ddp_trains_a_two_view_method_with_its_frozen_summary_mlp(tm
     # DDP fails on parameters that get no gradient unless they are frozen: the summary MLP of a
     # two-view method and its momentum copies; MoCo also shuffles keys across the two ranks.
     out = tmp_path / name
-    result = run_cli([
-        "pretrain", QUICKSTART, f"method.name={name}", "encoder.name=test_resnet", "data.limit_train=64",
-        "data.batch_size=16", "data.limit_val=50", "trainer.max_epochs=1", "trainer.accelerator=cpu",
-        "trainer.devices=2", "trainer.strategy=ddp", "trainer.enable_progress_bar=false",
-        "trainer.log_every_n_steps=1", f"output_dir={out}",
-    ], timeout=300)
+    result = run_cli(
+        [
+            "pretrain",
+            QUICKSTART,
+            f"method.name={name}",
+            "encoder.name=test_resnet",
+            "data.limit_train=64",
+            "data.batch_size=16",
+            "data.limit_val=50",
+            "trainer.max_epochs=1",
+            "trainer.accelerator=cpu",
+            "trainer.devices=2",
+            "trainer.strategy=ddp",
+            "trainer.enable_progress_bar=false",
+            "trainer.log_every_n_steps=1",
+            f"output_dir={out}",
+        ],
+        timeout=300,
+    )
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
     assert "Starting with 2 processes" in result.stdout + result.stderr
     summary = read_summary(out)

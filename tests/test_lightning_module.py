@@ -31,8 +31,14 @@ def tiny_loaders(train_batch=8):
 
 def quiet_trainer(tmp_path, **kwargs):
     return pl.Trainer(
-        accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
-        enable_model_summary=False, num_sanity_val_steps=0, default_root_dir=tmp_path, **kwargs,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        default_root_dir=tmp_path,
+        **kwargs,
     )
 
 
@@ -181,8 +187,16 @@ def test_a_plain_lightning_fit_logs_loss_terms_and_monitors(tmp_path):
     trainer = quiet_trainer(tmp_path, max_epochs=2)
     trainer.fit(module, train, val)
     metrics = trainer.callback_metrics
-    for name in ("train_loss", "train_local_mi", "train_prior_loss", "train_online_cls_top1",
-                 "train_loss_epoch", "train_online_cls_top1_epoch", "val_online_cls_top1", "val_knn_top1"):
+    for name in (
+        "train_loss",
+        "train_local_mi",
+        "train_prior_loss",
+        "train_online_cls_top1",
+        "train_loss_epoch",
+        "train_online_cls_top1_epoch",
+        "val_online_cls_top1",
+        "val_knn_top1",
+    ):
         assert name in metrics and math.isfinite(float(metrics[name])), name
     assert "train_global_mi" not in metrics  # NaN by design for DIM(L): not logged
     assert trainer.global_step == 8

@@ -41,23 +41,40 @@ SMALL = {
 
 # Each known method's ``method`` section, written out from its documented constructor.
 DIMHEAD_DEFAULTS = {
-    name: p.default for name, p in inspect.signature(dim_ssl.DIMHead.__init__).parameters.items()
+    name: p.default
+    for name, p in inspect.signature(dim_ssl.DIMHead.__init__).parameters.items()
     if name not in ("self", "local_channels", "global_dim")
 }
 EXPECTED_SCHEMAS = {
     # DIM gathers negatives across DDP ranks by default (DIMHead's own default is False).
     "dim": {"head": {**DIMHEAD_DEFAULTS, "gather_distributed": True}},
     "simclr": {"transform": {}, "temperature": 0.5, "hidden_dim": 512, "output_dim": 128},
-    "moco": {"transform": {}, "temperature": 0.1, "memory_bank_size": 4096, "momentum": 0.99, "momentum_end": None,
-             "symmetric": True, "hidden_dim": 512, "output_dim": 128},
+    "moco": {
+        "transform": {},
+        "temperature": 0.1,
+        "memory_bank_size": 4096,
+        "momentum": 0.99,
+        "momentum_end": None,
+        "symmetric": True,
+        "hidden_dim": 512,
+        "output_dim": 128,
+    },
     "byol": {"transform": {}, "hidden_dim": 1024, "output_dim": 256, "momentum": 0.996, "momentum_end": 1.0},
 }
 # lightly's CIFAR-10 benchmark recipe for the two-view methods; the paper's Adam for DIM.
-LIGHTLY_SGD = {"name": "sgd", "lr": 0.06, "reference_batch_size": 128, "momentum": 0.9, "weight_decay": 5e-4,
-               "schedule": "cosine"}
+LIGHTLY_SGD = {
+    "name": "sgd",
+    "lr": 0.06,
+    "reference_batch_size": 128,
+    "momentum": 0.9,
+    "weight_decay": 5e-4,
+    "schedule": "cosine",
+}
 EXPECTED_OPTIMIZERS = {
     "dim": {"name": "adam", "lr": 1e-4, "betas": [0.5, 0.999], "schedule": None, "weight_decay": 0.0},
-    "simclr": LIGHTLY_SGD, "moco": LIGHTLY_SGD, "byol": LIGHTLY_SGD,
+    "simclr": LIGHTLY_SGD,
+    "moco": LIGHTLY_SGD,
+    "byol": LIGHTLY_SGD,
 }
 EXPECTED_ONLINE_LR = {"dim": 1e-3, "simclr": 0.06, "moco": 0.06, "byol": 0.06}
 
@@ -84,8 +101,14 @@ def hand_views(model, x: torch.Tensor) -> list[torch.Tensor]:
 
 def quiet_trainer(tmp_path, **kwargs) -> pl.Trainer:
     return pl.Trainer(
-        accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
-        enable_model_summary=False, num_sanity_val_steps=0, default_root_dir=tmp_path, **kwargs,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        default_root_dir=tmp_path,
+        **kwargs,
     )
 
 
@@ -184,7 +207,7 @@ def test_the_loss_falls_on_a_fixed_batch_with_the_methods_own_optimizer(name):
         loss = model.training_loss(views).loss
         loss.backward()
         optimizer.step()
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
     assert all(math.isfinite(v) for v in losses)
     first, last = sum(losses[:5]) / 5, sum(losses[-5:]) / 5
     # Measured: 22-50 % lower after 30 steps; an untrained method stays within 0.1 % (or rises:
@@ -236,8 +259,17 @@ def test_a_config_naming_the_method_resolves_with_its_recipe_as_the_optimizer_de
     tuned = resolve_config(None, [f"method.name={name}", "optimizer.lr=0.5"], base={})
     assert tuned["optimizer"] == {**config["optimizer"], "lr": 0.5}
     # The resolved configuration builds the method with exactly those settings.
-    small = resolve_config(None, [f"method.name={name}", "encoder.name=test_resnet", "encoder.global_dim=16",
-                                  "encoder.hidden_dim=32", "data.batch_size=32"], base={})
+    small = resolve_config(
+        None,
+        [
+            f"method.name={name}",
+            "encoder.name=test_resnet",
+            "encoder.global_dim=16",
+            "encoder.hidden_dim=32",
+            "data.batch_size=32",
+        ],
+        base={},
+    )
     model = build_method(small, DataInfo(dataset_spec("digits"), 32, 1, 10, 100))
     assert type(model) is cls and model.batch_size == 32
     assert model.optimizer_settings == small["optimizer"]

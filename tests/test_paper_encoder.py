@@ -31,9 +31,7 @@ def test_layers_follow_the_paper():
     assert encoder.to_y.out_features == 64
 
 
-@pytest.mark.parametrize(
-    "position,width", [("conv", 128 * 8 * 8), ("pool", 256 * 4 * 4), ("fc", 1024), ("y", 64)]
-)
+@pytest.mark.parametrize("position,width", [("conv", 128 * 8 * 8), ("pool", 256 * 4 * 4), ("fc", 1024), ("y", 64)])
 def test_feature_positions_have_their_widths_and_no_gradient(encoder, position, width):
     encoder.eval()
     features = encoder.features(torch.randn(3, 3, 32, 32), position=position)

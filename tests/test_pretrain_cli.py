@@ -26,8 +26,16 @@ from eval.cli import main
 def test_quickstart_writes_a_complete_output_folder_and_learns(tmp_path):
     out = tmp_path / "quickstart"
     # The quickstart recipe with a small timm model and two epochs instead of resnet18 x 5.
-    result = run_cli(["pretrain", QUICKSTART, "encoder.name=test_resnet", "data.batch_size=32", "trainer.max_epochs=2",
-                      f"output_dir={out}"])
+    result = run_cli(
+        [
+            "pretrain",
+            QUICKSTART,
+            "encoder.name=test_resnet",
+            "data.batch_size=32",
+            "trainer.max_epochs=2",
+            f"output_dir={out}",
+        ]
+    )
     assert result.returncode == 0, result.stderr[-3000:]
 
     for name in ("config.yaml", "metrics.csv", "summary.json", "checkpoints/last.ckpt", "checkpoints/best.ckpt"):
@@ -57,8 +65,14 @@ def _watch(stream, seen: list[bytes], marker: bytes, found: threading.Event) -> 
 
 def test_a_run_killed_by_sigterm_and_resumed_ends_like_an_uninterrupted_one(tmp_path):
     args = [
-        "pretrain", QUICKSTART, "encoder.name=test_resnet", "data.limit_train=256", "data.batch_size=16",
-        "data.limit_val=64", "trainer.max_epochs=3", "trainer.log_every_n_steps=1",
+        "pretrain",
+        QUICKSTART,
+        "encoder.name=test_resnet",
+        "data.limit_train=256",
+        "data.batch_size=16",
+        "data.limit_val=64",
+        "trainer.max_epochs=3",
+        "trainer.log_every_n_steps=1",
         "method.head.negatives=shuffle",  # negatives drawn from the RNG: its state must resume too
     ]
     reference_out, killed_out = fresh(tmp_path / "reference"), fresh(tmp_path / "killed")
@@ -99,8 +113,9 @@ def test_a_missing_dataset_is_a_clean_error(tmp_path, capsys, monkeypatch):
     # In-process through the command line's entry function (main): an exception escaping it
     # would fail this test; the subprocess tests above show the same path from the shell.
     monkeypatch.delenv("DIM_SSL_DATA", raising=False)
-    status = main(["pretrain", QUICKSTART, "data.dataset=cifar10", f"data.root={tmp_path}",
-                   f"output_dir={tmp_path / 'run'}"])
+    status = main(
+        ["pretrain", QUICKSTART, "data.dataset=cifar10", f"data.root={tmp_path}", f"output_dir={tmp_path / 'run'}"]
+    )
     captured = capsys.readouterr()
     assert status == 1
     assert "dim-ssl pretrain: error: dataset 'cifar10' not found" in captured.err

@@ -14,13 +14,34 @@ from eval.experiments.report import COLUMNS, format_markdown_table, write_report
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 ROWS = [
-    {"method": "dim", "probe": "linear", "position": "pool", "accuracy": 0.8712,
-     "images_per_s": 5120.5, "wall_clock_s": 610.25, "peak_memory_mb": 1830.0},
-    {"method": "simclr", "probe": "knn", "position": "proj", "accuracy": 0.8841,
-     "images_per_s": 2400.0, "wall_clock_s": 1190.0, "peak_memory_mb": float("nan"),
-     "epochs": 100},
-    {"method": "raw pixels", "probe": "linear", "position": "pixels", "accuracy": 0.81,
-     "images_per_s": None, "wall_clock_s": None, "peak_memory_mb": None},
+    {
+        "method": "dim",
+        "probe": "linear",
+        "position": "pool",
+        "accuracy": 0.8712,
+        "images_per_s": 5120.5,
+        "wall_clock_s": 610.25,
+        "peak_memory_mb": 1830.0,
+    },
+    {
+        "method": "simclr",
+        "probe": "knn",
+        "position": "proj",
+        "accuracy": 0.8841,
+        "images_per_s": 2400.0,
+        "wall_clock_s": 1190.0,
+        "peak_memory_mb": float("nan"),
+        "epochs": 100,
+    },
+    {
+        "method": "raw pixels",
+        "probe": "linear",
+        "position": "pixels",
+        "accuracy": 0.81,
+        "images_per_s": None,
+        "wall_clock_s": None,
+        "peak_memory_mb": None,
+    },
 ]
 
 
@@ -83,15 +104,17 @@ def test_embedding_plot_has_one_panel_per_method(tmp_path, method):
         "dim": (rng.normal(size=(90, 8)) + labels[:, None], labels),
         "simclr": (rng.normal(size=(90, 8)), labels),
     }
-    path = plot_embeddings(embeddings, tmp_path / f"emb_{method}.png", method=method,
-                           class_names=["zero", "one", "two"])
+    path = plot_embeddings(
+        embeddings, tmp_path / f"emb_{method}.png", method=method, class_names=["zero", "one", "two"]
+    )
     assert path.stat().st_size > 1000 and path.read_bytes()[:8] == PNG_MAGIC
 
 
 def test_embedding_plot_subsamples_and_refuses_big_tsne(tmp_path):
     labels = np.arange(300) % 10
-    path = plot_embeddings({"m": (np.random.default_rng(1).normal(size=(300, 1)), labels)},
-                           tmp_path / "small.png", max_points=50)
+    path = plot_embeddings(
+        {"m": (np.random.default_rng(1).normal(size=(300, 1)), labels)}, tmp_path / "small.png", max_points=50
+    )
     assert path.is_file()
     with pytest.raises(ValueError, match="t-SNE"):
         plot_embeddings({"m": (np.zeros((10, 2)), np.zeros(10))}, tmp_path / "x.png", method="tsne", max_points=10_000)

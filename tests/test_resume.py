@@ -14,8 +14,13 @@ from eval.training.pretrain import TrainingInterrupted, pretrain
 
 # 4 batches an epoch, 3 epochs; negatives drawn from the RNG, so its state must resume too.
 RUN = [
-    "encoder.name=test_resnet", "data.limit_train=64", "data.batch_size=16", "data.limit_val=48",
-    "trainer.max_epochs=3", "trainer.enable_progress_bar=false", "trainer.log_every_n_steps=1",
+    "encoder.name=test_resnet",
+    "data.limit_train=64",
+    "data.batch_size=16",
+    "data.limit_val=48",
+    "trainer.max_epochs=3",
+    "trainer.enable_progress_bar=false",
+    "trainer.log_every_n_steps=1",
     "method.head.negatives=shuffle",
 ]
 SUMMARY_KEYS = ("final_loss", "online_acc", "knn_acc", "epochs", "steps")

@@ -46,21 +46,38 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--steps", type=int, default=3, help="timed training steps per method per round")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps per method before the rounds")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
-    parser.add_argument("--optimizer", choices=("sgd", "adam"), default="sgd",
-                        help="the same optimizer for every method (default: sgd, momentum 0.9)")
-    parser.add_argument("--methods", default=None,
-                        help=f"comma-separated, from: {', '.join(CASES)} (default: {', '.join(DEFAULT_CASES)})")
+    parser.add_argument(
+        "--optimizer",
+        choices=("sgd", "adam"),
+        default="sgd",
+        help="the same optimizer for every method (default: sgd, momentum 0.9)",
+    )
+    parser.add_argument(
+        "--methods",
+        default=None,
+        help=f"comma-separated, from: {', '.join(CASES)} (default: {', '.join(DEFAULT_CASES)})",
+    )
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory step")
     parser.add_argument("--no-rss", action="store_true", help="skip the fresh-process RSS measurement (CPU)")
-    parser.add_argument("--sweep-memory", action="store_true",
-                        help="also measure the DIM head's memory and time as N*M^2 grows (chunked scoring)")
+    parser.add_argument(
+        "--sweep-memory",
+        action="store_true",
+        help="also measure the DIM head's memory and time as N*M^2 grows (chunked scoring)",
+    )
     parser.add_argument("--sweep-only", action="store_true", help="run the memory sweep and nothing else")
     parser.add_argument("--sweep-batch-size", type=int, default=128, help="N of the memory sweep (default: 128)")
-    parser.add_argument("--sweep-map-sizes", default="4,8,16,32,64,89",
-                        help="map widths M of the sweep (default: 4,8,16,32,64,89; 128*89^2 > 10^6)")
+    parser.add_argument(
+        "--sweep-map-sizes",
+        default="4,8,16,32,64,89",
+        help="map widths M of the sweep (default: 4,8,16,32,64,89; 128*89^2 > 10^6)",
+    )
     parser.add_argument("--sweep-channels", type=int, default=64, help="feature-map channels in the sweep")
-    parser.add_argument("--sweep-max-unchunked-gib", type=float, default=6.0,
-                        help="skip unchunked sweep runs estimated above this (default: 6)")
+    parser.add_argument(
+        "--sweep-max-unchunked-gib",
+        type=float,
+        default=6.0,
+        help="skip unchunked sweep runs estimated above this (default: 6)",
+    )
     parser.add_argument("--out", default="runs/bench", help="output folder (default: runs/bench)")
 
 
@@ -68,11 +85,21 @@ def run(args: argparse.Namespace) -> int:
     os.environ.setdefault("KINETO_LOG_LEVEL", "5")
     warnings.filterwarnings("ignore", category=UserWarning, module="pytorch_lightning")
     config = BenchConfig(
-        backbone=args.backbone, batch_size=args.batch_size, image_size=args.image_size, channels=args.channels,
-        device=args.device, rounds=args.rounds, steps=args.steps, warmup=args.warmup, threads=args.threads,
+        backbone=args.backbone,
+        batch_size=args.batch_size,
+        image_size=args.image_size,
+        channels=args.channels,
+        device=args.device,
+        rounds=args.rounds,
+        steps=args.steps,
+        warmup=args.warmup,
+        threads=args.threads,
         optimizer=args.optimizer,
-        methods=DEFAULT_CASES if args.methods is None else tuple(m.strip() for m in args.methods.split(",") if m.strip()),
-        memory=not args.no_memory, rss=not args.no_rss,
+        methods=DEFAULT_CASES
+        if args.methods is None
+        else tuple(m.strip() for m in args.methods.split(",") if m.strip()),
+        memory=not args.no_memory,
+        rss=not args.no_rss,
     )
     outcome = run_guarded("bench", lambda: _checked(config), lambda config: _measure(config, args))
     if isinstance(outcome, int):
@@ -95,14 +122,20 @@ def _measure(config: BenchConfig, args: argparse.Namespace) -> BenchResult:
     if args.sweep_only:
         if args.threads:
             torch.set_num_threads(args.threads)
-        result = BenchResult({**config.__dict__, "methods": []}, environment(torch.device(args.device)), [],
-                             "peak live tensor bytes (see --help of eval.experiments.bench)")
+        result = BenchResult(
+            {**config.__dict__, "methods": []},
+            environment(torch.device(args.device)),
+            [],
+            "peak live tensor bytes (see --help of eval.experiments.bench)",
+        )
     else:
         result = run_bench(config)
         print(format_table(result), flush=True)
     if args.sweep_memory or args.sweep_only:
         sweep = SweepConfig(
-            batch_size=args.sweep_batch_size, channels=args.sweep_channels, device=args.device,
+            batch_size=args.sweep_batch_size,
+            channels=args.sweep_channels,
+            device=args.device,
             map_sizes=tuple(int(m) for m in args.sweep_map_sizes.split(",") if m.strip()),
             max_unchunked_gib=args.sweep_max_unchunked_gib,
         )

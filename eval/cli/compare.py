@@ -16,24 +16,35 @@ from eval.experiments.compare import resolve_comparison, run_comparison
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("config", help="YAML run configuration with an optional compare: section, "
-                                       "e.g. configs/quickstart.yaml")
     parser.add_argument(
-        "overrides", nargs="*", metavar="KEY=VALUE",
-        help="dotted overrides of the shared configuration or the compare section: "
-             "compare.budget.seconds=60 data.limit_train=512 encoder.name=resnet34",
+        "config", help="YAML run configuration with an optional compare: section, e.g. configs/quickstart.yaml"
     )
     parser.add_argument(
-        "--methods", type=lambda text: [label.strip() for label in text.split(",")], metavar="LABEL,...",
+        "overrides",
+        nargs="*",
+        metavar="KEY=VALUE",
+        help="dotted overrides of the shared configuration or the compare section: "
+        "compare.budget.seconds=60 data.limit_train=512 encoder.name=resnet34",
+    )
+    parser.add_argument(
+        "--methods",
+        type=lambda text: [label.strip() for label in text.split(",")],
+        metavar="LABEL,...",
         help="only the methods with these labels (e.g. to run halves of a recipe search in two "
-             "processes, each with its own output_dir=...)",
+        "processes, each with its own output_dir=...)",
     )
     mode = parser.add_mutually_exclusive_group()
-    mode.add_argument("--overwrite", action="store_true",
-                      help="start afresh in an output folder that holds an earlier comparison (deletes its runs)")
-    mode.add_argument("--reuse", action="store_true",
-                      help="keep the finished method runs of an earlier comparison whose configuration is "
-                           "unchanged; train only the others, then probe everything again")
+    mode.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="start afresh in an output folder that holds an earlier comparison (deletes its runs)",
+    )
+    mode.add_argument(
+        "--reuse",
+        action="store_true",
+        help="keep the finished method runs of an earlier comparison whose configuration is "
+        "unchanged; train only the others, then probe everything again",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -50,6 +61,8 @@ def run(args: argparse.Namespace) -> int:
     comparison, result = outcome
     print(f"\n## {result['title']}\n")
     print(result["table"])
-    print(f"written to {comparison.out} in {result['seconds']:.0f} s: "
-          + ", ".join(sorted({p.rsplit('/', 1)[-1] for p in result['files'].values()})))
+    print(
+        f"written to {comparison.out} in {result['seconds']:.0f} s: "
+        + ", ".join(sorted({p.rsplit("/", 1)[-1] for p in result["files"].values()}))
+    )
     return 0

@@ -22,11 +22,16 @@ def _positive(text: str) -> int:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("checkpoint", help="a dim-ssl checkpoint, e.g. runs/quickstart/checkpoints/last.ckpt")
-    parser.add_argument("--dataset", help="dataset to probe (default: the one it was trained on); read at the "
-                                          "checkpoint's image size and channels")
-    parser.add_argument("--positions", nargs="+", metavar="P",
-                        help="feature positions (default: all the method has; DIM: conv fc y pool, "
-                             "SimCLR/MoCo/BYOL: conv pool proj)")
+    parser.add_argument(
+        "--dataset",
+        help="dataset to probe (default: the one it was trained on); read at the checkpoint's image size and channels",
+    )
+    parser.add_argument(
+        "--positions",
+        nargs="+",
+        metavar="P",
+        help="feature positions (default: all the method has; DIM: conv fc y pool, SimCLR/MoCo/BYOL: conv pool proj)",
+    )
     parser.add_argument("--probes", nargs="+", default=["knn", "linear"], choices=["knn", "linear"])
     parser.add_argument("--knn-k", type=_positive, default=200, help="neighbours of the kNN vote (200)")
     parser.add_argument("--knn-temperature", type=float, default=0.1, help="temperature of the kNN vote (0.1)")
@@ -44,9 +49,16 @@ def run(args: argparse.Namespace) -> int:
         "evaluate",
         lambda: args.checkpoint,
         lambda checkpoint: evaluate_checkpoint(
-            checkpoint, dataset=args.dataset, positions=args.positions, probes=args.probes,
-            knn_k=args.knn_k, knn_temperature=args.knn_temperature, limit_train=args.limit_train,
-            limit_test=args.limit_test, data_root=args.data_root, out=args.out,
+            checkpoint,
+            dataset=args.dataset,
+            positions=args.positions,
+            probes=args.probes,
+            knn_k=args.knn_k,
+            knn_temperature=args.knn_temperature,
+            limit_train=args.limit_train,
+            limit_test=args.limit_test,
+            data_root=args.data_root,
+            out=args.out,
             cache_dir=None if args.no_cache else (args.cache_dir or "auto"),
         ),
         also_run_errors=(ValueError,),

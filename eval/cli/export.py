@@ -28,11 +28,15 @@ def run(args: argparse.Namespace) -> int:
     json_path = Path(args.out).with_suffix(".json")
     if description["format"] == "timm":
         kwargs = ", ".join(f"{k}={v!r}" for k, v in description["create_model_kwargs"].items())
-        print(f"wrote {args.out} (timm {description['model_name']}) and {json_path}\nload with:\n"
-              f"  model = timm.create_model({description['model_name']!r}, {kwargs})\n"
-              f"  model.load_state_dict(torch.load({str(args.out)!r}), strict=True)")
+        print(
+            f"wrote {args.out} (timm {description['model_name']}) and {json_path}\nload with:\n"
+            f"  model = timm.create_model({description['model_name']!r}, {kwargs})\n"
+            f"  model.load_state_dict(torch.load({str(args.out)!r}), strict=True)"
+        )
     else:
-        print(f"wrote {args.out} and {json_path}: {description['note']}\nload with:\n"
-              f"  encoder = dim_ssl.PaperEncoder(**{description['kwargs']})\n"
-              f"  encoder.load_state_dict(torch.load({str(args.out)!r}), strict=True)")
+        print(
+            f"wrote {args.out} and {json_path}: {description['note']}\nload with:\n"
+            f"  encoder = dim_ssl.PaperEncoder(**{description['kwargs']})\n"
+            f"  encoder.load_state_dict(torch.load({str(args.out)!r}), strict=True)"
+        )
     return 0

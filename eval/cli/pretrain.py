@@ -18,15 +18,21 @@ from eval.training.pretrain import pretrain
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("config", help="YAML run configuration, e.g. configs/quickstart.yaml")
     parser.add_argument(
-        "overrides", nargs="*", metavar="KEY=VALUE",
+        "overrides",
+        nargs="*",
+        metavar="KEY=VALUE",
         help="dotted overrides of configuration keys, values in YAML: optimizer.lr=3e-4 "
-             "trainer.max_epochs=2 optimizer.betas=[0.5,0.999] trainer.max_time_s=null",
+        "trainer.max_epochs=2 optimizer.betas=[0.5,0.999] trainer.max_time_s=null",
     )
     mode = parser.add_mutually_exclusive_group()
-    mode.add_argument("--resume", action="store_true",
-                      help="continue the run in the output folder from checkpoints/last.ckpt")
-    mode.add_argument("--overwrite", action="store_true",
-                      help="start afresh in an output folder that holds an earlier run (deletes it)")
+    mode.add_argument(
+        "--resume", action="store_true", help="continue the run in the output folder from checkpoints/last.ckpt"
+    )
+    mode.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="start afresh in an output folder that holds an earlier run (deletes it)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:

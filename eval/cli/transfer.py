@@ -15,18 +15,25 @@ from eval.experiments.transfer import resolve_transfer, run_transfer
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("config", help="YAML run configuration with a transfer: section, "
-                                       "e.g. configs/transfer_offline.yaml")
     parser.add_argument(
-        "overrides", nargs="*", metavar="KEY=VALUE",
+        "config", help="YAML run configuration with a transfer: section, e.g. configs/transfer_offline.yaml"
+    )
+    parser.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="KEY=VALUE",
         help="dotted overrides of the shared configuration or the transfer section: "
-             "transfer.budget.seconds=60 transfer.targets=[digits]",
+        "transfer.budget.seconds=60 transfer.targets=[digits]",
     )
     mode = parser.add_mutually_exclusive_group()
-    mode.add_argument("--overwrite", action="store_true",
-                      help="start afresh in an output folder that holds earlier results (deletes its runs)")
-    mode.add_argument("--reuse", action="store_true",
-                      help="keep finished pretraining runs whose configuration is unchanged")
+    mode.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="start afresh in an output folder that holds earlier results (deletes its runs)",
+    )
+    mode.add_argument(
+        "--reuse", action="store_true", help="keep finished pretraining runs whose configuration is unchanged"
+    )
 
 
 def run(args: argparse.Namespace) -> int:

@@ -125,19 +125,27 @@ DATASETS: dict[str, DatasetSpec] = {
         DatasetSpec("digits", 8, 1, 10, (0.3053,), (0.3760,), hflip=False),
         DatasetSpec("fashion-mnist", 28, 1, 10, (0.2860,), (0.3530,), hflip=True, fit="pad"),
         DatasetSpec("mnist", 28, 1, 10, (0.1307,), (0.3081,), hflip=False, fit="pad"),
-        DatasetSpec(
-            "cifar10", 32, 3, 10, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616), hflip=True
-        ),
-        DatasetSpec(
-            "cifar100", 32, 3, 100, (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762), hflip=True
-        ),
+        DatasetSpec("cifar10", 32, 3, 10, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616), hflip=True),
+        DatasetSpec("cifar100", 32, 3, 100, (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762), hflip=True),
         # SVHN: house numbers are digits; a flip turns a 2 into something else.
         DatasetSpec(
-            "svhn", 32, 3, 10, (0.4377, 0.4438, 0.4728), (0.1980, 0.2010, 0.1970), hflip=False,
+            "svhn",
+            32,
+            3,
+            10,
+            (0.4377, 0.4438, 0.4728),
+            (0.1980, 0.2010, 0.1970),
+            hflip=False,
             splits=("train", "test", "extra"),
         ),
         DatasetSpec(
-            "stl10", 96, 3, 10, (0.4467, 0.4398, 0.4066), (0.2603, 0.2566, 0.2713), hflip=True,
+            "stl10",
+            96,
+            3,
+            10,
+            (0.4467, 0.4398, 0.4066),
+            (0.2603, 0.2566, 0.2713),
+            hflip=True,
             splits=("train", "test", "unlabeled", "train+unlabeled"),
         ),
     )
@@ -172,17 +180,22 @@ def dataset_spec(name: str) -> DatasetSpec:
         ValueError: The name is not known; the message lists the known names.
     """
     if name.startswith(IMAGEFOLDER_PREFIX):
-        path = Path(name[len(IMAGEFOLDER_PREFIX):]).expanduser()
+        path = Path(name[len(IMAGEFOLDER_PREFIX) :]).expanduser()
         return DatasetSpec(
-            name, None, 3, _count_classes(path), _IMAGENET_MEAN, _IMAGENET_STD, hflip=True,
-            splits=("train", "test"), fit="resize_crop",
+            name,
+            None,
+            3,
+            _count_classes(path),
+            _IMAGENET_MEAN,
+            _IMAGENET_STD,
+            hflip=True,
+            splits=("train", "test"),
+            fit="resize_crop",
         )
     try:
         return DATASETS[name]
     except KeyError:
-        raise ValueError(
-            f"unknown dataset {name!r}; known: {', '.join(known_datasets())}"
-        ) from None
+        raise ValueError(f"unknown dataset {name!r}; known: {', '.join(known_datasets())}") from None
 
 
 def _count_classes(path: Path) -> int | None:
@@ -399,8 +412,12 @@ def load_dataset(
         raise ValueError(f"limit must be a positive number of items; got {limit}")
     if transform is None:
         transform = make_transform(
-            spec, image_size=image_size, channels=channels, train=train_transform,
-            crop=crop, flip=flip,
+            spec,
+            image_size=image_size,
+            channels=channels,
+            train=train_transform,
+            crop=crop,
+            flip=flip,
         )
     data_root = Path(root).expanduser() if root is not None else default_data_root()
 
@@ -466,7 +483,9 @@ def _digits_arrays() -> tuple[torch.Tensor, torch.Tensor, dict[str, np.ndarray]]
     images = torch.from_numpy(digits.images / 16.0).float().unsqueeze(1)  # (N, 1, 8, 8)
     targets = torch.from_numpy(digits.target).long()
     train_idx, test_idx = train_test_split(
-        np.arange(len(targets)), test_size=DIGITS_TEST_SIZE, stratify=digits.target,
+        np.arange(len(targets)),
+        test_size=DIGITS_TEST_SIZE,
+        stratify=digits.target,
         random_state=DIGITS_SPLIT_SEED,
     )
     return images, targets, {"train": train_idx, "test": test_idx}
@@ -475,17 +494,23 @@ def _digits_arrays() -> tuple[torch.Tensor, torch.Tensor, dict[str, np.ndarray]]
 def _load_digits(split: str, transform: Callable | None) -> ImageArrayDataset:
     images, targets, splits = _digits_arrays()
     index = torch.from_numpy(splits[split])
-    return ImageArrayDataset(
-        images[index], targets[index], transform, classes=[str(d) for d in range(10)]
-    )
+    return ImageArrayDataset(images[index], targets[index], transform, classes=[str(d) for d in range(10)])
 
 
 # ---- fashion-mnist
 
 
 _FASHION_CLASSES = [
-    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
-    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
 ]
 
 
@@ -501,9 +526,7 @@ def _find_idx(folder: Path, stem: str) -> Path | None:
     return None
 
 
-def _load_fashion_mnist(
-    split: str, data_root: Path, transform: Callable | None, download: bool
-) -> ImageArrayDataset:
+def _load_fashion_mnist(split: str, data_root: Path, transform: Callable | None, download: bool) -> ImageArrayDataset:
 
     train = split == "train"
     looked: list[str] = []
@@ -555,8 +578,12 @@ def _read_idx_pair(image_path: str, label_path: str) -> tuple[torch.Tensor, torc
 
 # IDX type codes (the third byte of the magic number) -> big-endian numpy dtype.
 _IDX_DTYPES = {
-    0x08: np.dtype(np.uint8), 0x09: np.dtype(np.int8), 0x0B: np.dtype(">i2"),
-    0x0C: np.dtype(">i4"), 0x0D: np.dtype(">f4"), 0x0E: np.dtype(">f8"),
+    0x08: np.dtype(np.uint8),
+    0x09: np.dtype(np.int8),
+    0x0B: np.dtype(">i2"),
+    0x0C: np.dtype(">i4"),
+    0x0D: np.dtype(">f4"),
+    0x0E: np.dtype(">f8"),
 }
 
 
@@ -617,13 +644,14 @@ def _load_torchvision(
         images, labels = data.permute(0, 3, 1, 2), tv.targets  # stored (N, H, W, C)
     else:  # SVHN and STL10 store (N, C, H, W) and `labels` (-1 for STL10's unlabeled part)
         images, labels = data, tv.labels
-    return ImageArrayDataset(images, torch.as_tensor(np.asarray(labels)), transform,
-                             classes=getattr(tv, "classes", None))
+    return ImageArrayDataset(
+        images, torch.as_tensor(np.asarray(labels)), transform, classes=getattr(tv, "classes", None)
+    )
 
 
 def _load_imagefolder(spec: DatasetSpec, split: str, transform: Callable | None) -> Dataset:
 
-    path = Path(spec.name[len(IMAGEFOLDER_PREFIX):]).expanduser()
+    path = Path(spec.name[len(IMAGEFOLDER_PREFIX) :]).expanduser()
     candidates = [path / split] + ([path / "val"] if split == "test" else [])
     folder = next((c for c in candidates if c.is_dir()), None)
     if folder is None:

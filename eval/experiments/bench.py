@@ -100,7 +100,9 @@ CASES: dict[str, BenchCase] = {
     ),
     "dim_all_terms": _dim("DIM JSD dot, alpha=0.5 beta=1 gamma=0.1", estimator="jsd", alpha=0.5),
     # Not in the default list: the narrower critic the performance notes discuss.
-    "dim_l_jsd_dot_w128": _dim("DIM(L) JSD dot, critic hidden=embed=128", estimator="jsd", hidden_dim=128, embed_dim=128),
+    "dim_l_jsd_dot_w128": _dim(
+        "DIM(L) JSD dot, critic hidden=embed=128", estimator="jsd", hidden_dim=128, embed_dim=128
+    ),
     SIMCLR: BenchCase("lightly SimCLR: 2 views, SimCLRProjectionHead + NTXentLoss", "simclr"),
     "moco": BenchCase(
         "lightly MoCo: 2 views, momentum encoder + MoCoProjectionHead + 4096-key bank", "moco", {"symmetric": False}
@@ -109,7 +111,14 @@ CASES: dict[str, BenchCase] = {
     "byol": BenchCase("lightly BYOL: 2 views, momentum target + projection and prediction heads", "byol"),
 }
 DEFAULT_CASES = (
-    FLOOR, "dim_l_jsd_dot", "dim_l_infonce_dot", "dim_l_jsd_concat", "dim_all_terms", SIMCLR, "moco", "moco_symmetric",
+    FLOOR,
+    "dim_l_jsd_dot",
+    "dim_l_infonce_dot",
+    "dim_l_jsd_concat",
+    "dim_all_terms",
+    SIMCLR,
+    "moco",
+    "moco_symmetric",
 )
 
 
@@ -174,15 +183,25 @@ def build_case(name: str, config: BenchConfig) -> Trainee:
     )
     case = CASES[name]
     if case.method is None:
-        return Trainee(encoder.backbone, list(encoder.backbone.parameters()),
-                       lambda views: encoder.pool(views[0]).mean(), "timm backbone")
+        return Trainee(
+            encoder.backbone,
+            list(encoder.backbone.parameters()),
+            lambda views: encoder.pool(views[0]).mean(),
+            "timm backbone",
+        )
     method = get_method(case.method)
-    module = method(encoder, num_classes=10, image_shape=(config.channels, config.image_size, config.image_size),
-                    batch_size=config.batch_size, **case.arguments)
+    module = method(
+        encoder,
+        num_classes=10,
+        image_shape=(config.channels, config.image_size, config.image_size),
+        batch_size=config.batch_size,
+        **case.arguments,
+    )
     online = set(module.online_classifier.parameters())
     parameters = [p for p in module.parameters() if p.requires_grad and p not in online]
-    return Trainee(module, parameters, lambda views: module.training_loss(views).loss,
-                   f"eval.methods.{method.__name__}")
+    return Trainee(
+        module, parameters, lambda views: module.training_loss(views).loss, f"eval.methods.{method.__name__}"
+    )
 
 
 def _optimizer(parameters: list[nn.Parameter], config: BenchConfig) -> torch.optim.Optimizer:
@@ -315,7 +334,10 @@ def _rss_in_fresh_process(name: str, config: BenchConfig) -> float | None:
     payload = json.dumps({**asdict(config), "methods": list(config.methods)})
     result = subprocess.run(
         [sys.executable, "-m", "eval.experiments.bench", "--rss-probe", name, payload],
-        capture_output=True, text=True, env=env, cwd=str(Path(__file__).resolve().parents[2]),  # the repository root
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=str(Path(__file__).resolve().parents[2]),  # the repository root
     )
     if result.returncode != 0:
         warnings.warn(f"RSS probe of {name} failed: {result.stderr.strip()[-500:]}", stacklevel=2)
@@ -437,12 +459,19 @@ def run_bench(config: BenchConfig, log: Callable[[str], None] = _log) -> BenchRe
     for name in config.methods:
         runner = runners[name]
         rate = statistics.median(rates[name])
-        results.append(MethodResult(
-            method=name, description=CASES[name].description, views=CASES[name].views, source=runner.trainee.source,
-            images_per_s=rate, step_ms=1000 * config.batch_size / rate, images_per_s_rounds=rates[name],
-            cpu_images_per_s=statistics.median(cpu_rates[name]),
-            parameters=sum(p.numel() for p in runner.trainee.parameters),
-        ))
+        results.append(
+            MethodResult(
+                method=name,
+                description=CASES[name].description,
+                views=CASES[name].views,
+                source=runner.trainee.source,
+                images_per_s=rate,
+                step_ms=1000 * config.batch_size / rate,
+                images_per_s_rounds=rates[name],
+                cpu_images_per_s=statistics.median(cpu_rates[name]),
+                parameters=sum(p.numel() for p in runner.trainee.parameters),
+            )
+        )
 
     if config.memory:
         for result in results:
@@ -475,8 +504,9 @@ def run_bench(config: BenchConfig, log: Callable[[str], None] = _log) -> BenchRe
             if reference in by_name:
                 setattr(result, f"ratio_to_{attribute}", paired(rates[name], rates[reference]))
                 setattr(result, f"cpu_ratio_to_{attribute}", paired(cpu_rates[name], cpu_rates[reference]))
-                setattr(result, f"ratio_to_{attribute}_of_medians",
-                        result.images_per_s / by_name[reference].images_per_s)
+                setattr(
+                    result, f"ratio_to_{attribute}_of_medians", result.images_per_s / by_name[reference].images_per_s
+                )
         if FLOOR in by_name:
             floor = by_name[FLOOR]
             if result.peak_memory_mib is not None and floor.peak_memory_mib:
@@ -492,8 +522,10 @@ def run_bench(config: BenchConfig, log: Callable[[str], None] = _log) -> BenchRe
         "workspaces, not weights, optimizer state or batch"
     )
     if config.rss and device.type == "cpu":
-        measure += "; RSS: peak resident set of a fresh process during one step after warm-up, above its RSS " \
-                   "before the step (VmHWM reset via /proc/self/clear_refs, MALLOC_MMAP_THRESHOLD_=65536)"
+        measure += (
+            "; RSS: peak resident set of a fresh process during one step after warm-up, above its RSS "
+            "before the step (VmHWM reset via /proc/self/clear_refs, MALLOC_MMAP_THRESHOLD_=65536)"
+        )
     return BenchResult({**asdict(config), "methods": list(config.methods)}, env, results, measure)
 
 
@@ -561,7 +593,11 @@ def memory_sweep(config: SweepConfig, log: Callable[[str], None] = _log) -> list
             ).to(device)
             n = config.batch_size
             row: dict[str, Any] = {
-                "mode": mode, "batch": n, "map": size, "channels": config.channels, "N_M2": n * locations,
+                "mode": mode,
+                "batch": n,
+                "map": size,
+                "channels": config.channels,
+                "N_M2": n * locations,
                 "scores": n * n * min(locations, config.num_locations if mode == "sampled" else locations),
                 "max_scores_in_memory": extra.get("max_scores_in_memory"),
                 "num_locations": extra.get("num_locations"),
@@ -590,8 +626,10 @@ def memory_sweep(config: SweepConfig, log: Callable[[str], None] = _log) -> list
             row["peak_memory_mib"] = None if peak is None else peak / 2**20
             row["local_mi"] = value
             rows.append(row)
-            log(f"[sweep] M={size} N*M^2={n * locations} {mode}: {row['seconds']:.2f} s, "
-                f"{row['peak_memory_mib']:.0f} MiB")
+            log(
+                f"[sweep] M={size} N*M^2={n * locations} {mode}: {row['seconds']:.2f} s, "
+                f"{row['peak_memory_mib']:.0f} MiB"
+            )
             del feature_map, y, head, clear, step
     return rows
 
@@ -606,51 +644,93 @@ def _fmt(value: float | None, spec: str) -> str:
 
 def format_table(result: BenchResult) -> str:
     config = result.config
-    header = (f"{config['backbone']} {config['image_size']}x{config['image_size']}x{config['channels']}, "
-              f"batch {config['batch_size']}, {result.environment['device']}, "
-              f"{result.environment['torch_threads']} threads, {config['rounds']} rounds x {config['steps']} steps "
-              f"(median), optimizer {config['optimizer']}")
-    columns = ["method", "views", "images/s", "ms/step", "x SimCLR", "x floor", "CPU x SimCLR", "CPU x floor",
-               "peak MiB", "mem x floor", "RSS MiB"]
-    lines = [[r.method, str(r.views), _fmt(r.images_per_s, ".1f"), _fmt(r.step_ms, ".0f"),
-              _fmt(r.ratio_to_simclr, ".2f"), _fmt(r.ratio_to_floor, ".2f"), _fmt(r.cpu_ratio_to_simclr, ".2f"),
-              _fmt(r.cpu_ratio_to_floor, ".2f"), _fmt(r.peak_memory_mib, ".0f"),
-              _fmt(r.memory_ratio_to_floor, ".2f"), _fmt(r.peak_rss_mib, ".0f")] for r in result.methods]
+    header = (
+        f"{config['backbone']} {config['image_size']}x{config['image_size']}x{config['channels']}, "
+        f"batch {config['batch_size']}, {result.environment['device']}, "
+        f"{result.environment['torch_threads']} threads, {config['rounds']} rounds x {config['steps']} steps "
+        f"(median), optimizer {config['optimizer']}"
+    )
+    columns = [
+        "method",
+        "views",
+        "images/s",
+        "ms/step",
+        "x SimCLR",
+        "x floor",
+        "CPU x SimCLR",
+        "CPU x floor",
+        "peak MiB",
+        "mem x floor",
+        "RSS MiB",
+    ]
+    lines = [
+        [
+            r.method,
+            str(r.views),
+            _fmt(r.images_per_s, ".1f"),
+            _fmt(r.step_ms, ".0f"),
+            _fmt(r.ratio_to_simclr, ".2f"),
+            _fmt(r.ratio_to_floor, ".2f"),
+            _fmt(r.cpu_ratio_to_simclr, ".2f"),
+            _fmt(r.cpu_ratio_to_floor, ".2f"),
+            _fmt(r.peak_memory_mib, ".0f"),
+            _fmt(r.memory_ratio_to_floor, ".2f"),
+            _fmt(r.peak_rss_mib, ".0f"),
+        ]
+        for r in result.methods
+    ]
     widths = [max(len(c), *(len(line[i]) for line in lines)) for i, c in enumerate(columns)]
     rule = "  ".join("-" * w for w in widths)
-    out = [header, rule, "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(columns, widths))),
-           rule]
-    out += ["  ".join(v.ljust(w) if i == 0 else v.rjust(w) for i, (v, w) in enumerate(zip(line, widths)))
-            for line in lines]
-    out += [rule, "x SimCLR, x floor: median over rounds of the images/s ratio within the round; CPU x: the same "
-            "with images per process CPU-second (less sensitive to other load on the machine)",
-            f"peak MiB: {result.memory_measure}"]
+    out = [
+        header,
+        rule,
+        "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(columns, widths))),
+        rule,
+    ]
+    out += [
+        "  ".join(v.ljust(w) if i == 0 else v.rjust(w) for i, (v, w) in enumerate(zip(line, widths))) for line in lines
+    ]
+    out += [
+        rule,
+        "x SimCLR, x floor: median over rounds of the images/s ratio within the round; CPU x: the same "
+        "with images per process CPU-second (less sensitive to other load on the machine)",
+        f"peak MiB: {result.memory_measure}",
+    ]
     return "\n".join(out)
 
 
 def format_markdown(result: BenchResult) -> str:
-    lines = ["| method | views | images/s | ms/step | x SimCLR | x floor | CPU x SimCLR | CPU x floor | peak MiB "
-             "| mem x floor | RSS MiB |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        "| method | views | images/s | ms/step | x SimCLR | x floor | CPU x SimCLR | CPU x floor | peak MiB "
+        "| mem x floor | RSS MiB |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for r in result.methods:
-        lines.append(f"| {r.method} | {r.views} | {_fmt(r.images_per_s, '.1f')} | {_fmt(r.step_ms, '.0f')} | "
-                     f"{_fmt(r.ratio_to_simclr, '.2f')} | {_fmt(r.ratio_to_floor, '.2f')} | "
-                     f"{_fmt(r.cpu_ratio_to_simclr, '.2f')} | {_fmt(r.cpu_ratio_to_floor, '.2f')} | "
-                     f"{_fmt(r.peak_memory_mib, '.0f')} | {_fmt(r.memory_ratio_to_floor, '.2f')} | "
-                     f"{_fmt(r.peak_rss_mib, '.0f')} |")
+        lines.append(
+            f"| {r.method} | {r.views} | {_fmt(r.images_per_s, '.1f')} | {_fmt(r.step_ms, '.0f')} | "
+            f"{_fmt(r.ratio_to_simclr, '.2f')} | {_fmt(r.ratio_to_floor, '.2f')} | "
+            f"{_fmt(r.cpu_ratio_to_simclr, '.2f')} | {_fmt(r.cpu_ratio_to_floor, '.2f')} | "
+            f"{_fmt(r.peak_memory_mib, '.0f')} | {_fmt(r.memory_ratio_to_floor, '.2f')} | "
+            f"{_fmt(r.peak_rss_mib, '.0f')} |"
+        )
     return "\n".join(lines)
 
 
 def format_sweep(rows: list[dict[str, Any]]) -> str:
     chunk = next((row["max_scores_in_memory"] for row in rows if row.get("max_scores_in_memory")), None)
     sample = next((row["num_locations"] for row in rows if row.get("num_locations")), None)
-    out = ["DIM head alone (local InfoNCE, dot critic, all (N-1)M^2 negatives, critic 512 wide, "
-           f"{rows[0]['channels'] if rows else '?'} channels), forward + backward; peak = live tensor bytes",
-           f"all: every score at once; chunked: max_scores_in_memory={chunk}; sampled: num_locations={sample}",
-           f"{'mode':8} {'batch':>5} {'M':>4} {'N*M^2':>9} {'scores':>13} {'seconds':>8} {'peak MiB':>9}"]
+    out = [
+        "DIM head alone (local InfoNCE, dot critic, all (N-1)M^2 negatives, critic 512 wide, "
+        f"{rows[0]['channels'] if rows else '?'} channels), forward + backward; peak = live tensor bytes",
+        f"all: every score at once; chunked: max_scores_in_memory={chunk}; sampled: num_locations={sample}",
+        f"{'mode':8} {'batch':>5} {'M':>4} {'N*M^2':>9} {'scores':>13} {'seconds':>8} {'peak MiB':>9}",
+    ]
     for row in rows:
-        tail = (f"{_fmt(row.get('seconds'), '.2f'):>8} {_fmt(row.get('peak_memory_mib'), '.0f'):>9}"
-                if "skipped" not in row else f"  skipped: {row['skipped']}")
+        tail = (
+            f"{_fmt(row.get('seconds'), '.2f'):>8} {_fmt(row.get('peak_memory_mib'), '.0f'):>9}"
+            if "skipped" not in row
+            else f"  skipped: {row['skipped']}"
+        )
         out.append(f"{row['mode']:8} {row['batch']:>5} {row['map']:>4} {row['N_M2']:>9} {row['scores']:>13,} {tail}")
     return "\n".join(out)
 
@@ -668,8 +748,10 @@ def write_outputs(result: BenchResult, out_dir: Path) -> list[Path]:
     paths[2].write_text(format_markdown(result) + "\n")
     if result.sweep:
         sweep_path = out_dir / "memory_sweep.csv"
-        keys = sorted({k for row in result.sweep for k in row}, key=lambda k: list(result.sweep[0]).index(k)
-                      if k in result.sweep[0] else 99)
+        keys = sorted(
+            {k for row in result.sweep for k in row},
+            key=lambda k: list(result.sweep[0]).index(k) if k in result.sweep[0] else 99,
+        )
         with open(sweep_path, "w", newline="") as handle:
             writer = csv.DictWriter(handle, fieldnames=keys)
             writer.writeheader()

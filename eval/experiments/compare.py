@@ -126,18 +126,40 @@ COMPARE_DEFAULTS: dict[str, Any] = {
 #: The methods compared when the ``compare`` section lists none: the paper's two DIM
 #: objectives and lightly's two contrastive baselines.
 DEFAULT_METHODS: list[dict[str, Any]] = [
-    {"label": "DIM(L)", "overrides": {"method.name": "dim", "method.head.alpha": 0.0, "method.head.beta": 1.0,
-                                      "method.head.gamma": 0.1}},
-    {"label": "DIM(G)", "overrides": {"method.name": "dim", "method.head.alpha": 1.0, "method.head.beta": 0.0,
-                                      "method.head.gamma": 1.0}},
+    {
+        "label": "DIM(L)",
+        "overrides": {
+            "method.name": "dim",
+            "method.head.alpha": 0.0,
+            "method.head.beta": 1.0,
+            "method.head.gamma": 0.1,
+        },
+    },
+    {
+        "label": "DIM(G)",
+        "overrides": {
+            "method.name": "dim",
+            "method.head.alpha": 1.0,
+            "method.head.beta": 0.0,
+            "method.head.gamma": 1.0,
+        },
+    },
     {"label": "SimCLR", "overrides": {"method.name": "simclr"}},
     {"label": "MoCo", "overrides": {"method.name": "moco"}},
 ]
 
 #: The comparison table's columns.
 TABLE_COLUMNS: tuple[str, ...] = (
-    "method", "position", "knn_acc", "linear_acc", "features", "images_per_s", "wall_clock_s",
-    "peak_memory_mb", "steps", "epochs",
+    "method",
+    "position",
+    "knn_acc",
+    "linear_acc",
+    "features",
+    "images_per_s",
+    "wall_clock_s",
+    "peak_memory_mb",
+    "steps",
+    "epochs",
 )
 
 RANDOM_INIT = "random init"
@@ -241,8 +263,11 @@ def parse_methods(raw: Any, where: str = "compare.methods") -> list[MethodEntry]
         if positions is not None:
             if isinstance(positions, str):
                 positions = [positions]
-            if not isinstance(positions, (list, tuple)) or not positions or \
-                    not all(isinstance(p, str) for p in positions):
+            if (
+                not isinstance(positions, (list, tuple))
+                or not positions
+                or not all(isinstance(p, str) for p in positions)
+            ):
                 raise ConfigError(f"{here} ({label}): positions must be a list of names; got {positions!r}")
             positions = tuple(positions)
         entries.append(MethodEntry(label.strip(), _dotted(overrides), positions))
@@ -427,8 +452,10 @@ def resolve_comparison(
         labels = [entry.label for entry in methods]
         unknown = [label for label in only if label not in labels]
         if unknown:
-            raise ConfigError(f"--methods: no method labelled {', '.join(map(repr, unknown))}; "
-                              f"the configuration has {', '.join(map(repr, labels))}")
+            raise ConfigError(
+                f"--methods: no method labelled {', '.join(map(repr, unknown))}; "
+                f"the configuration has {', '.join(map(repr, labels))}"
+            )
         methods = [entry for entry in methods if entry.label in only]
     base = resolve_config(None, base=base_user)
     check_single_process(base, "compare")
@@ -504,8 +531,12 @@ def train_method(
     every = int(curve["every_n_epochs"]) if curve_data is not None else 0
     train, test = curve_data if curve_data is not None else (None, None)
     probe_curve = ProbeCurve(
-        train, test, position=curve["position"], every_n_epochs=every,
-        knn_k=int(curve.get("knn_k") or settings.knn_k), knn_temperature=settings.knn_temperature,
+        train,
+        test,
+        position=curve["position"],
+        every_n_epochs=every,
+        knn_k=int(curve.get("knn_k") or settings.knn_k),
+        knn_temperature=settings.knn_temperature,
         start_cache=initial,
     )
     memory = PeakMemory()
@@ -524,8 +555,10 @@ def train_method(
     record_path.write_text(json.dumps(record, indent=2) + "\n")
     if probe_curve.points:
         plot_accuracy_vs_time(
-            {label: [(p["seconds"], p["knn_acc"]) for p in probe_curve.points]}, out / "knn_vs_time.png",
-            title=f"{label}: kNN accuracy ({curve['position']}) against training time", ylabel="kNN accuracy",
+            {label: [(p["seconds"], p["knn_acc"]) for p in probe_curve.points]},
+            out / "knn_vs_time.png",
+            title=f"{label}: kNN accuracy ({curve['position']}) against training time",
+            ylabel="kNN accuracy",
         )
     return {**record, "reused": False}
 
@@ -535,8 +568,14 @@ def train_method(
 
 
 def method_rows(
-    label: str, trained: Mapping[str, Any], data: Any, positions: Sequence[str], settings: Any,
-    cache_dir: Path, echo: Callable[[str], None], extra: Mapping[str, Any] | None = None,
+    label: str,
+    trained: Mapping[str, Any],
+    data: Any,
+    positions: Sequence[str],
+    settings: Any,
+    cache_dir: Path,
+    echo: Callable[[str], None],
+    extra: Mapping[str, Any] | None = None,
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Rows of one trained method (one per position) and its test features per position."""
 
@@ -552,14 +591,20 @@ def method_rows(
         "images_per_s": summary.get("images_per_s"),
         "wall_clock_s": trained.get("train_seconds") or summary.get("wall_clock_s"),
         "peak_memory_mb": trained.get("peak_memory_mb"),
-        "epochs": summary.get("epochs"), "steps": summary.get("steps"), "method_name": summary.get("method"),
+        "epochs": summary.get("epochs"),
+        "steps": summary.get("steps"),
+        "method_name": summary.get("method"),
     }
     rows = probe_rows(label, features, chosen, settings, echo, {**training, **dict(extra or {})})
     return rows, {p: features[p][1] for p in chosen}
 
 
 def probe_rows(
-    label: str, features: Mapping[str, Any], positions: Sequence[str], settings: Any, echo: Callable[[str], None],
+    label: str,
+    features: Mapping[str, Any],
+    positions: Sequence[str],
+    settings: Any,
+    echo: Callable[[str], None],
     columns: Mapping[str, Any],
 ) -> list[dict[str, Any]]:
     """One table row per position: the probes' accuracies on its features, and ``columns``."""
@@ -567,16 +612,27 @@ def probe_rows(
     for position in positions:
         result = run_probes(*features[position], settings)
         echo(f"  {label} @ {position}: {format_accuracies(result)}")
-        rows.append({
-            "method": label, "position": position, **{c: result.get(c) for c in settings.columns},
-            "features": feature_dim(features[position]), "linear_l2": result.get("linear_l2"), **columns,
-        })
+        rows.append(
+            {
+                "method": label,
+                "position": position,
+                **{c: result.get(c) for c in settings.columns},
+                "features": feature_dim(features[position]),
+                "linear_l2": result.get("linear_l2"),
+                **columns,
+            }
+        )
     return rows
 
 
 def random_init_rows(
-    config: Mapping[str, Any], data: Any, positions: Sequence[str], settings: Any, cache_dir: Path,
-    echo: Callable[[str], None], extra: Mapping[str, Any] | None = None,
+    config: Mapping[str, Any],
+    data: Any,
+    positions: Sequence[str],
+    settings: Any,
+    cache_dir: Path,
+    echo: Callable[[str], None],
+    extra: Mapping[str, Any] | None = None,
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Rows of the configuration's encoder as the seed builds it, untrained."""
 
@@ -588,8 +644,14 @@ def random_init_rows(
     features = model_features(
         encoder, data, chosen, cache_dir=cache_dir, cache_name=f"random-init|seed={config['seed']}|{name}"
     )
-    untrained = {"images_per_s": None, "wall_clock_s": None, "peak_memory_mb": None, "epochs": 0, "steps": 0,
-                 "method_name": None}
+    untrained = {
+        "images_per_s": None,
+        "wall_clock_s": None,
+        "peak_memory_mb": None,
+        "epochs": 0,
+        "steps": 0,
+        "method_name": None,
+    }
     rows = probe_rows(RANDOM_INIT, features, chosen, settings, echo, {**untrained, **dict(extra or {})})
     return rows, {p: features[p][1] for p in chosen}
 
@@ -603,9 +665,17 @@ def pixel_rows(
     result = run_probes(*features, settings)
     echo(f"  {RAW_PIXELS}: {format_accuracies(result)}")
     row = {
-        "method": RAW_PIXELS, "position": "pixels", **{c: result.get(c) for c in settings.columns},
-        "features": feature_dim(features), "images_per_s": None, "wall_clock_s": None, "peak_memory_mb": None,
-        "epochs": None, "steps": None, "method_name": None, "linear_l2": result.get("linear_l2"),
+        "method": RAW_PIXELS,
+        "position": "pixels",
+        **{c: result.get(c) for c in settings.columns},
+        "features": feature_dim(features),
+        "images_per_s": None,
+        "wall_clock_s": None,
+        "peak_memory_mb": None,
+        "epochs": None,
+        "steps": None,
+        "method_name": None,
+        "linear_l2": result.get("linear_l2"),
         **dict(extra or {}),
     }
     return [row], features[1]
@@ -682,15 +752,22 @@ def run_comparison(
 
     data_config = base["data"]
     data = probe_data(
-        data_config["dataset"], data_config["image_size"], data_config["channels"], root=data_config["root"],
+        data_config["dataset"],
+        data_config["image_size"],
+        data_config["channels"],
+        root=data_config["root"],
         limit_train=section["probe_limit_train"] or data_config["limit_train"],
         limit_test=section["probe_limit_test"] or data_config["limit_val"],
-        test_split=data_config["val_split"], download=data_config["download"], holdout=data_config["holdout"],
+        test_split=data_config["val_split"],
+        download=data_config["download"],
+        holdout=data_config["holdout"],
     )
     curve_data = curve_subsets(data, section["curve"])
     budget = describe_budget(section["budget"], comparison.configs[0])
-    echo(f"comparing {', '.join(m.label for m in comparison.methods)} on {data.describe()}, "
-         f"encoder {base['encoder']['name']}, {budget} per method; output {out}")
+    echo(
+        f"comparing {', '.join(m.label for m in comparison.methods)} on {data.describe()}, "
+        f"encoder {base['encoder']['name']}, {budget} per method; output {out}"
+    )
 
     rows: list[dict[str, Any]] = []
     curves: dict[str, list[dict[str, Any]]] = {}
@@ -715,7 +792,9 @@ def run_comparison(
 
     if section["random_init"]:
         echo(f"[baselines] {RANDOM_INIT}: {base['encoder']['name']} as the seed builds it, untrained")
-        positions = list(dict.fromkeys([*section["positions"], *(p for m in comparison.methods for p in m.positions or ())]))
+        positions = list(
+            dict.fromkeys([*section["positions"], *(p for m in comparison.methods for p in m.positions or ())])
+        )
         init_rows, test_features = random_init_rows(base, data, positions, settings, cache_dir, echo)
         rows += init_rows
         if test_features:
@@ -728,8 +807,10 @@ def run_comparison(
 
     # ---- files ------------------------------------------------------------------------------
     columns = [c for c in TABLE_COLUMNS if c not in ("knn_acc", "linear_acc") or c in settings.columns]
-    title = (f"{', '.join(m.label for m in comparison.methods)} on {data.dataset}, {base['encoder']['name']}, "
-             f"{budget} per method")
+    title = (
+        f"{', '.join(m.label for m in comparison.methods)} on {data.dataset}, {base['encoder']['name']}, "
+        f"{budget} per method"
+    )
     files = write_report(rows, out, stem="comparison", columns=columns, title=title)
     curve_points = {label: points for label, points in curves.items() if points}
     if curve_points:
@@ -739,20 +820,30 @@ def run_comparison(
             {label: [(p["seconds"], p["knn_acc"]) for p in points] for label, points in curve_points.items()},
             out / "accuracy_vs_time.png",
             title=f"kNN accuracy (k={section['curve']['knn_k']}, {section['curve']['position']}, "
-                  f"{len(curve_data[1])} held-out images) against training time",
+            f"{len(curve_data[1])} held-out images) against training time",
             ylabel="kNN accuracy",
         )
     if embeddings:
         embedding = section["embedding"]
         files["embeddings"] = plot_embeddings(
-            embeddings, out / "embeddings.png", method=embedding["method"], max_points=int(embedding["max_points"]),
-            seed=int(base["seed"]), class_names=data.class_names,
+            embeddings,
+            out / "embeddings.png",
+            method=embedding["method"],
+            max_points=int(embedding["max_points"]),
+            seed=int(base["seed"]),
+            class_names=data.class_names,
             title=f"{data.dataset} {data.test_split} features (pool; pixels for raw pixels)",
         )
     seconds = time.monotonic() - began
     result = {
-        "title": title, "dataset": data.dataset, "encoder": base["encoder"]["name"], "budget": budget,
-        "rows": rows, "curves": curves, "methods": methods, "seconds": seconds,
+        "title": title,
+        "dataset": data.dataset,
+        "encoder": base["encoder"]["name"],
+        "budget": budget,
+        "rows": rows,
+        "curves": curves,
+        "methods": methods,
+        "seconds": seconds,
         "files": {k: str(v) for k, v in files.items()},
     }
     (out / "results.json").write_text(json.dumps(plain(result, finite=True), indent=2, allow_nan=False) + "\n")

@@ -119,22 +119,25 @@ class ProbeCurve(Callback):
         self.probe_seconds += spent
         give_back_time([c for c in trainer.callbacks if isinstance(c, Timer)], spent)
 
-    def _record(
-        self, trainer: Any, pl_module: Any, seconds: float, epoch: int, accuracy: float | None = None
-    ) -> None:
-        self.points.append({
-            "epoch": int(epoch),  # epochs completed
-            "step": int(trainer.global_step),
-            "seconds": float(seconds),
-            "knn_acc": self.accuracy(pl_module) if accuracy is None else float(accuracy),
-        })
+    def _record(self, trainer: Any, pl_module: Any, seconds: float, epoch: int, accuracy: float | None = None) -> None:
+        self.points.append(
+            {
+                "epoch": int(epoch),  # epochs completed
+                "step": int(trainer.global_step),
+                "seconds": float(seconds),
+                "knn_acc": self.accuracy(pl_module) if accuracy is None else float(accuracy),
+            }
+        )
 
     def _fingerprint(self, model: Any) -> str:
         """The encoder's weights (every parameter and buffer, summed two ways) and the probe."""
         encoder = getattr(model, "encoder", model)
         with torch.no_grad():
-            sums = [(float(t.double().sum()), float(t.double().abs().sum()))
-                    for t in (*encoder.parameters(), *encoder.buffers()) if t.is_floating_point()]
+            sums = [
+                (float(t.double().sum()), float(t.double().abs().sum()))
+                for t in (*encoder.parameters(), *encoder.buffers())
+                if t.is_floating_point()
+            ]
         return repr((sums, self.position, self.knn_k, self.knn_temperature, len(self.train), len(self.test)))
 
     def accuracy(self, model: Any) -> float:

@@ -41,8 +41,17 @@ from eval.training.config import dump_config
 
 __all__ = ["evaluate_checkpoint"]
 
-COLUMNS = ("checkpoint", "method", "dataset", "position", "knn_acc", "linear_acc", "features", "train_images",
-           "test_images")
+COLUMNS = (
+    "checkpoint",
+    "method",
+    "dataset",
+    "position",
+    "knn_acc",
+    "linear_acc",
+    "features",
+    "train_images",
+    "test_images",
+)
 
 
 def evaluate_checkpoint(
@@ -93,53 +102,85 @@ def evaluate_checkpoint(
     positions = tuple(positions) if positions else available
     unknown = [p for p in positions if p not in available]
     if unknown:
-        raise ValueError(f"the {saved['method']['name']} model has no position {', '.join(unknown)}; "
-                         f"it has {', '.join(available)}")
+        raise ValueError(
+            f"the {saved['method']['name']} model has no position {', '.join(unknown)}; it has {', '.join(available)}"
+        )
 
     data_config = saved["data"]
     name = dataset or data_config["dataset"]
     image_size, channels = input_format(data_config)  # the model's, whatever the dataset's
     data = probe_data(
-        name, image_size, channels,
+        name,
+        image_size,
+        channels,
         root=data_root if data_root is not None else data_config["root"],
-        limit_train=limit_train, limit_test=limit_test,
+        limit_train=limit_train,
+        limit_test=limit_test,
     )
     run = run_folder(checkpoint)
     out = Path(out) if out is not None else run / "evaluation" / _folder_name(name)
     cache = run / "features" if cache_dir == "auto" else cache_dir
-    echo(f"evaluating {checkpoint} ({saved['method']['name']}, {saved['encoder']['name']}) on {data.describe()}, "
-         f"positions {', '.join(positions)}")
+    echo(
+        f"evaluating {checkpoint} ({saved['method']['name']}, {saved['encoder']['name']}) on {data.describe()}, "
+        f"positions {', '.join(positions)}"
+    )
 
     features = model_features(model, data, positions, cache_dir=cache, checkpoint=checkpoint)
     rows = []
     for position in positions:
         result = run_probes(*features[position], settings)
         echo(f"  {position}: {format_accuracies(result)}")
-        rows.append({
-            "checkpoint": str(checkpoint), "method": saved["method"]["name"], "dataset": name, "position": position,
-            **{c: result.get(c) for c in settings.columns}, "features": feature_dim(features[position]),
-            "train_images": len(data.train), "test_images": len(data.test), "linear_l2": result.get("linear_l2"),
-        })
+        rows.append(
+            {
+                "checkpoint": str(checkpoint),
+                "method": saved["method"]["name"],
+                "dataset": name,
+                "position": position,
+                **{c: result.get(c) for c in settings.columns},
+                "features": feature_dim(features[position]),
+                "train_images": len(data.train),
+                "test_images": len(data.test),
+                "linear_l2": result.get("linear_l2"),
+            }
+        )
 
     out.mkdir(parents=True, exist_ok=True)
     resolved = {
-        "checkpoint": str(checkpoint), "dataset": name, "positions": list(positions), "probes": list(settings.probes),
-        "knn_k": settings.knn_k, "knn_temperature": settings.knn_temperature, "limit_train": limit_train,
-        "limit_test": limit_test, "image_size": data.image_size, "channels": data.channels,
-        "cache_dir": None if cache is None else str(cache), "pretraining": saved,
+        "checkpoint": str(checkpoint),
+        "dataset": name,
+        "positions": list(positions),
+        "probes": list(settings.probes),
+        "knn_k": settings.knn_k,
+        "knn_temperature": settings.knn_temperature,
+        "limit_train": limit_train,
+        "limit_test": limit_test,
+        "image_size": data.image_size,
+        "channels": data.channels,
+        "cache_dir": None if cache is None else str(cache),
+        "pretraining": saved,
     }
     (out / "config.yaml").write_text(dump_config(resolved))
     columns = [c for c in COLUMNS if c not in ("knn_acc", "linear_acc") or c in settings.columns]
-    files = write_report(rows, out, stem="evaluation", columns=[*columns, "linear_l2"] if "linear" in settings.probes
-                         else columns, title=f"{checkpoint} on {name}")
+    files = write_report(
+        rows,
+        out,
+        stem="evaluation",
+        columns=[*columns, "linear_l2"] if "linear" in settings.probes else columns,
+        title=f"{checkpoint} on {name}",
+    )
     files["embeddings"] = plot_embeddings(
-        {position: features[position][1] for position in positions}, out / "embeddings.png",
-        seed=int(saved.get("seed", 0)), class_names=data.class_names,
+        {position: features[position][1] for position in positions},
+        out / "embeddings.png",
+        seed=int(saved.get("seed", 0)),
+        class_names=data.class_names,
         title=f"{saved['method']['name']} on {name} ({data.test_split})",
     )
     return {
-        "rows": rows, "table": format_markdown_table(rows, columns), "files": {k: str(v) for k, v in files.items()},
-        "out": str(out), "seconds": time.monotonic() - began,
+        "rows": rows,
+        "table": format_markdown_table(rows, columns),
+        "files": {k: str(v) for k, v in files.items()},
+        "out": str(out),
+        "seconds": time.monotonic() - began,
     }
 
 

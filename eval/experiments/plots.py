@@ -94,19 +94,15 @@ def plot_accuracy_vs_time(
     return _save(figure, path)
 
 
-def _project(
-    features: np.ndarray, method: str, seed: int
-) -> np.ndarray:
+def _project(features: np.ndarray, method: str, seed: int) -> np.ndarray:
     features = np.asarray(features, dtype=np.float32).reshape(len(features), -1)
     if features.shape[1] < 2:  # a 1-D feature has one axis; draw it against zero
         features = np.concatenate([features, np.zeros((len(features), 2 - features.shape[1]), np.float32)], 1)
     if method == "pca":
-
         return PCA(n_components=2, random_state=seed).fit_transform(features)
 
     # PCA to 50 dimensions first: the usual t-SNE preprocessing, faster and less noisy.
     if features.shape[1] > 50 and len(features) > 50:
-
         features = PCA(n_components=50, random_state=seed).fit_transform(features)
     perplexity = float(min(30.0, max(2.0, (len(features) - 1) / 3)))
     return TSNE(n_components=2, init="pca", perplexity=perplexity, random_state=seed).fit_transform(features)
@@ -176,8 +172,9 @@ def plot_embeddings(
             for label in np.unique(labels):
                 mask = labels == label
                 legend = class_names[int(label)] if class_names is not None else str(label)
-                axes.scatter(points[mask, 0], points[mask, 1], s=4, alpha=0.7,
-                             color=colour[label], label=legend, rasterized=True)
+                axes.scatter(
+                    points[mask, 0], points[mask, 1], s=4, alpha=0.7, color=colour[label], label=legend, rasterized=True
+                )
         axes.set_title(f"{name} ({method.upper() if method == 'pca' else 't-SNE'})")
         axes.set_xticks([])
         axes.set_yticks([])
@@ -188,8 +185,9 @@ def plot_embeddings(
                 handles.append(handle)
                 legend_labels.append(text)
     if handles:
-        figure.legend(handles, legend_labels, loc="center left", bbox_to_anchor=(1.0, 0.5),
-                      markerscale=3, frameon=False)
+        figure.legend(
+            handles, legend_labels, loc="center left", bbox_to_anchor=(1.0, 0.5), markerscale=3, frameon=False
+        )
     if title:
         figure.suptitle(title)
     return _save(figure, path)

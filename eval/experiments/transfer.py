@@ -57,7 +57,15 @@ from eval.probes.suite import input_format, probe_data
 from eval.training.checkpoint import load_checkpoint
 from eval.training.config import dump_config, resolve_config
 
-__all__ = ["TRANSFER_COLUMNS", "TRANSFER_DEFAULTS", "OutputInUse", "Target", "Transfer", "resolve_transfer", "run_transfer"]
+__all__ = [
+    "TRANSFER_COLUMNS",
+    "TRANSFER_DEFAULTS",
+    "OutputInUse",
+    "Target",
+    "Transfer",
+    "resolve_transfer",
+    "run_transfer",
+]
 
 TRANSFER_DEFAULTS: dict[str, Any] = {
     "sources": None,  # datasets to pretrain on: names or {dataset, overrides}; null: [data.dataset]
@@ -75,7 +83,14 @@ TRANSFER_DEFAULTS: dict[str, Any] = {
 }
 
 TRANSFER_COLUMNS: tuple[str, ...] = (
-    "method", "source", "target", "position", "knn_acc", "linear_acc", "features", "wall_clock_s",
+    "method",
+    "source",
+    "target",
+    "position",
+    "knn_acc",
+    "linear_acc",
+    "features",
+    "wall_clock_s",
 )
 
 
@@ -125,14 +140,17 @@ def _sources(raw: Any, default: str) -> list[tuple[str, dict[str, Any]]]:
     for index, item in enumerate(raw):
         if isinstance(item, str):
             sources.append((item, {}))
-        elif isinstance(item, Mapping) and isinstance(item.get("dataset"), str) and set(item) <= {"dataset", "overrides"}:
+        elif (
+            isinstance(item, Mapping) and isinstance(item.get("dataset"), str) and set(item) <= {"dataset", "overrides"}
+        ):
             overrides = item.get("overrides") or {}
             if not isinstance(overrides, Mapping):
                 raise ConfigError(f"transfer.sources[{index}].overrides must be a mapping; got {overrides!r}")
             sources.append((item["dataset"], dict(overrides)))
         else:
             raise ConfigError(
-                f"transfer.sources[{index}] must be a dataset name or {{dataset: NAME, overrides: {{...}}}}; got {item!r}"
+                f"transfer.sources[{index}] must be a dataset name or "
+                f"{{dataset: NAME, overrides: {{...}}}}; got {item!r}"
             )
     return sources
 
@@ -143,8 +161,9 @@ def _targets(raw: Any, default: Sequence[str]) -> list[Target]:
     if isinstance(raw, str):
         raw = [raw]
     if not isinstance(raw, (list, tuple)) or not raw:
-        raise ConfigError(f"transfer.targets must be a list of dataset names or {{dataset, limit_train, limit_test}}; "
-                          f"got {raw!r}")
+        raise ConfigError(
+            f"transfer.targets must be a list of dataset names or {{dataset, limit_train, limit_test}}; got {raw!r}"
+        )
     targets = []
     for index, item in enumerate(raw):
         if isinstance(item, str):
@@ -152,8 +171,10 @@ def _targets(raw: Any, default: Sequence[str]) -> list[Target]:
             continue
         allowed = {"dataset", "limit_train", "limit_test"}
         if not isinstance(item, Mapping) or not isinstance(item.get("dataset"), str) or not set(item) <= allowed:
-            raise ConfigError(f"transfer.targets[{index}] must be a dataset name or a mapping with keys "
-                              f"{', '.join(sorted(allowed))}; got {item!r}")
+            raise ConfigError(
+                f"transfer.targets[{index}] must be a dataset name or a mapping with keys "
+                f"{', '.join(sorted(allowed))}; got {item!r}"
+            )
         for key in ("limit_train", "limit_test"):
             value = item.get(key)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
@@ -234,8 +255,9 @@ def run_transfer(
 
     began = time.monotonic()
     base, section, out = transfer.base, transfer.section, transfer.out
-    prepare_output(out, [Path(c["output_dir"]) for _, _, c in transfer.runs], ("transfer.json", "results.json"),
-                   overwrite, reuse)
+    prepare_output(
+        out, [Path(c["output_dir"]) for _, _, c in transfer.runs], ("transfer.json", "results.json"), overwrite, reuse
+    )
     (out / "config.yaml").write_text(dump_config(transfer.resolved()))
     settings = probe_settings(section, int(base["seed"]), "transfer")
     no_curve = {"every_n_epochs": 0, "position": "pool"}
@@ -244,16 +266,24 @@ def run_transfer(
     models: list[dict[str, Any]] = []
     for index, (label, source, config) in enumerate(transfer.runs, start=1):
         budget = describe_budget(section["budget"], config)
-        echo(f"[{index}/{len(transfer.runs)}] {label} on {source}: {config['method']['name']}, {budget} "
-             f"-> {config['output_dir']}")
+        echo(
+            f"[{index}/{len(transfer.runs)}] {label} on {source}: {config['method']['name']}, {budget} "
+            f"-> {config['output_dir']}"
+        )
         trained = train_method(config, label, None, no_curve, settings, overwrite, reuse, echo)
         models.append({"label": label, "source": source, "trained": trained, "data": config["data"]})
     for label, checkpoint in transfer.checkpoints.items():
         saved = load_checkpoint(checkpoint)["dim_ssl"]["config"]
         echo(f"[given] {label}: {checkpoint} ({saved['method']['name']} on {saved['data']['dataset']})")
         summary = {"method": saved["method"]["name"], "epochs": None, "steps": None}
-        models.append({"label": label, "source": saved["data"]["dataset"], "data": saved["data"],
-                       "trained": {"checkpoint": checkpoint, "summary": summary}})
+        models.append(
+            {
+                "label": label,
+                "source": saved["data"]["dataset"],
+                "data": saved["data"],
+                "trained": {"checkpoint": checkpoint, "summary": summary},
+            }
+        )
 
     # ---- each target --------------------------------------------------------------------------
     rows: list[dict[str, Any]] = []
@@ -269,8 +299,14 @@ def run_transfer(
             image_format: tuple[int, int], target: Target = target, loaded: dict[tuple[int, int], Any] = loaded
         ) -> Any:
             if image_format not in loaded:
-                loaded[image_format] = probe_data(target.dataset, *image_format, root=root, download=download,
-                                                  limit_train=target.limit_train, limit_test=target.limit_test)
+                loaded[image_format] = probe_data(
+                    target.dataset,
+                    *image_format,
+                    root=root,
+                    download=download,
+                    limit_train=target.limit_train,
+                    limit_test=target.limit_test,
+                )
             return loaded[image_format]
 
         embeddings: dict[str, Any] = {}
@@ -301,8 +337,12 @@ def run_transfer(
         if embeddings:
             embedding = section["embedding"]
             files[f"embeddings_{target.dataset}"] = plot_embeddings(
-                embeddings, out / f"embeddings-{folder_name(target.dataset)}.png", method=embedding["method"],
-                max_points=int(embedding["max_points"]), seed=int(base["seed"]), class_names=data.class_names,
+                embeddings,
+                out / f"embeddings-{folder_name(target.dataset)}.png",
+                method=embedding["method"],
+                max_points=int(embedding["max_points"]),
+                seed=int(base["seed"]),
+                class_names=data.class_names,
                 title=f"{target.dataset} test features (pool; pixels for raw pixels)",
             )
 
@@ -317,4 +357,3 @@ def run_transfer(
     result["files"] = {k: str(v) for k, v in files.items()}
     result["table"] = format_markdown_table(rows, columns)
     return result
-

@@ -203,7 +203,8 @@ class MethodModule(pl.LightningModule, ABC):
                 f"{', '.join(monitorable)}"
             )
         self.online_classifier = OnlineLinearClassifier(
-            feature_dim=self._feature_width(), num_classes=self.num_classes,
+            feature_dim=self._feature_width(),
+            num_classes=self.num_classes,
             topk=(1, 5) if num_classes >= 5 else (1,),  # top-5 of fewer classes would fail
         )
         # Epoch means as metrics with persistent state: saved in checkpoints, so a run resumed
@@ -410,8 +411,12 @@ class MethodModule(pl.LightningModule, ABC):
         groups = [
             {"name": "trained", "params": trained},
             # The online classifier is a measuring device: its own rate, no weight decay.
-            {"name": "online_classifier", "params": list(online), "lr": self.monitor_settings["online_lr"],
-             "weight_decay": 0.0},
+            {
+                "name": "online_classifier",
+                "params": list(online),
+                "lr": self.monitor_settings["online_lr"],
+                "weight_decay": 0.0,
+            },
         ]
         lr, decay = self.learning_rate, float(settings["weight_decay"])
         if settings["name"] == "sgd":
@@ -427,8 +432,14 @@ class MethodModule(pl.LightningModule, ABC):
         # lightly's warm-up + cosine (to 1e-3 of the rate, as its CosineWarmupScheduler) for what
         # the loss trains; the online classifier keeps its rate: a monitor that stopped
         # learning late in the run would under-report the features it measures.
-        cosine = partial(cosine_warmup_schedule, max_steps=total, start_value=1.0, end_value=1e-3,
-                         warmup_steps=warmup, warmup_start_value=0.0)
+        cosine = partial(
+            cosine_warmup_schedule,
+            max_steps=total,
+            start_value=1.0,
+            end_value=1e-3,
+            warmup_steps=warmup,
+            warmup_start_value=0.0,
+        )
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, [cosine, _constant])
         # Stepped every batch: smooth, exact for runs resumed mid-epoch, and runs limited by
         # max_steps end at the bottom of the schedule too.

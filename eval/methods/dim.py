@@ -85,8 +85,11 @@ class DIM(MethodModule):
             raise ValueError(f"unknown head argument(s) {', '.join(unknown)}; DIMHead takes {', '.join(HEAD_DEFAULTS)}")
         self.head = DIMHead(encoder.feature_channels, encoder.global_dim, **{**HEAD_DEFAULTS, **dict(head)})
         # The terms this head computes (the others are NaN by design and not logged).
-        parts = {"local_mi": self.head.local_critic, "global_mi": self.head.global_critic,
-                 "prior_loss": self.head.prior_matching}
+        parts = {
+            "local_mi": self.head.local_critic,
+            "global_mi": self.head.global_critic,
+            "prior_loss": self.head.prior_matching,
+        }
         self.terms = tuple(name for name, part in parts.items() if part is not None)
         self.track_terms(*self.terms)
 

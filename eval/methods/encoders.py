@@ -36,13 +36,19 @@ def build_encoder(encoder: Mapping[str, Any], channels: int, image_size: int) ->
                     f"(got kwargs={kwargs}, feature_stage={encoder.get('feature_stage')})"
                 )
             return PaperEncoder(
-                global_dim=int(encoder["global_dim"]), in_chans=channels, image_size=image_size,
+                global_dim=int(encoder["global_dim"]),
+                in_chans=channels,
+                image_size=image_size,
                 hidden_dim=int(encoder["hidden_dim"]),
             )
         return TimmEncoder(
-            name, global_dim=int(encoder["global_dim"]), in_chans=channels,
-            feature_stage=encoder.get("feature_stage"), hidden_dim=int(encoder["hidden_dim"]),
-            input_size=image_size, **kwargs,
+            name,
+            global_dim=int(encoder["global_dim"]),
+            in_chans=channels,
+            feature_stage=encoder.get("feature_stage"),
+            hidden_dim=int(encoder["hidden_dim"]),
+            input_size=image_size,
+            **kwargs,
         )
     except (ValueError, TypeError) as err:
         raise ConfigError(f"encoder (name={name!r}): {err}") from None

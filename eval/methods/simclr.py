@@ -47,7 +47,7 @@ class SimCLR(TwoViewMethod):
 
     Attributes:
         projection_head: lightly's ``SimCLRProjectionHead`` (g in the paper).
-        criterion: lightly's ``NTXentLoss`` (no memory bank).
+        criterion: lightly's ``NTXentLoss`` (no memory bank; negatives gathered across DDP ranks).
 
     Example::
 
@@ -78,10 +78,12 @@ class SimCLR(TwoViewMethod):
         super().__init__(encoder, num_classes, image_shape, **common)
         if temperature <= 0 or hidden_dim < 1 or output_dim < 1:
             raise ValueError(
-                f"temperature, hidden_dim and output_dim must be positive; got {temperature}, {hidden_dim}, {output_dim}"
+                "temperature, hidden_dim and output_dim must be positive; "
+                f"got {temperature}, {hidden_dim}, {output_dim}"
             )
         self.projection_head = SimCLRProjectionHead(encoder.pooled_dim, hidden_dim, output_dim)
-        self.criterion = NTXentLoss(temperature=temperature)
+        # Negatives from every DDP rank, as DIM's head gathers them (a no-op on one process).
+        self.criterion = NTXentLoss(temperature=temperature, gather_distributed=True)
 
     def training_loss(self, views: Sequence[Tensor]) -> StepOutput:
         """NT-Xent between the projections of the two views (eq. 1 of the paper)."""

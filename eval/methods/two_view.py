@@ -31,7 +31,11 @@ __all__ = ["LIGHTLY_CIFAR10", "SMALL_IMAGE_SIZE", "TwoViewMethod", "TwoViewTrans
 #: decay; the online classifier at the same rate.
 LIGHTLY_CIFAR10: dict[str, dict[str, Any]] = {
     "optimizer": {
-        "name": "sgd", "lr": 0.06, "reference_batch_size": 128, "momentum": 0.9, "weight_decay": 5e-4,
+        "name": "sgd",
+        "lr": 0.06,
+        "reference_batch_size": 128,
+        "momentum": 0.9,
+        "weight_decay": 5e-4,
         "schedule": "cosine",
     },
     "monitor": {"online_lr": 0.06},
@@ -136,7 +140,7 @@ class TwoViewMethod(MethodModule):
         num_classes: int,
         image_shape: Sequence[int],
         *,
-        transform: Mapping[str, Any] = {},  # noqa: B006 (read-only; {} marks a free-form key)
+        transform: Mapping[str, Any] = {},  # {}: a free-form section (read, never mutated)
         **common: Any,
     ) -> None:
         super().__init__(encoder, num_classes, image_shape, **common)

@@ -135,8 +135,12 @@ def _as_loader(data: Dataset | DataLoader, batch_size: int, num_workers: int, pi
     if isinstance(data, DataLoader):
         return data
     return DataLoader(
-        data, batch_size=batch_size, shuffle=False, drop_last=False,
-        num_workers=num_workers, pin_memory=pin_memory,
+        data,
+        batch_size=batch_size,
+        shuffle=False,
+        drop_last=False,
+        num_workers=num_workers,
+        pin_memory=pin_memory,
     )
 
 
@@ -265,8 +269,12 @@ def _run(
 
     all_labels = np.concatenate(labels) if labels else np.zeros(0, dtype=np.int64)
     return {
-        p: (np.concatenate(chunks[p]).astype(np.float32, copy=False) if chunks[p]
-            else np.zeros((0, 0), dtype=np.float32), all_labels)
+        p: (
+            np.concatenate(chunks[p]).astype(np.float32, copy=False)
+            if chunks[p]
+            else np.zeros((0, 0), dtype=np.float32),
+            all_labels,
+        )
         for p in positions
     }
 
@@ -293,4 +301,3 @@ def raw_pixel_features(
     if not chunks:
         return np.zeros((0, 0), dtype=np.float32), np.zeros(0, dtype=np.int64)
     return np.concatenate(chunks).astype(np.float32, copy=False), np.concatenate(labels)
-

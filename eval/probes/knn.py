@@ -84,8 +84,14 @@ def knn_accuracy(
         >>> acc = knn_accuracy(train_feats, train_labels, test_feats, test_labels)
     """
     return knn_topk_accuracy(
-        train_x, train_y, test_x, test_y,
-        k=k, temperature=temperature, num_classes=num_classes, topk=(1,),
+        train_x,
+        train_y,
+        test_x,
+        test_y,
+        k=k,
+        temperature=temperature,
+        num_classes=num_classes,
+        topk=(1,),
         batch_size=batch_size,
     )["top1"]
 
@@ -122,9 +128,7 @@ def knn_topk_accuracy(
     labels = test_y.cpu().numpy()
     hits = np.zeros(len(ts), dtype=np.int64)
     # Batch by batch, so that no (M, num_classes) matrix is ever held for a large test set.
-    for start, stop, scores in _knn_score_batches(
-        train_x, train_y, test_x, k, temperature, num_classes, batch_size
-    ):
+    for start, stop, scores in _knn_score_batches(train_x, train_y, test_x, k, temperature, num_classes, batch_size):
         # Classes ranked by score; a stable sort breaks ties by class index, like argmax.
         ranked = np.argsort(-scores, axis=1, kind="stable")[:, : max(ts)]
         found = ranked == labels[start:stop, None]
@@ -178,8 +182,7 @@ def _knn_score_batches(
         raise ValueError(f"k (number of neighbours) must be an integer >= 1; got {k!r}")
     if not _is_real(temperature) or not np.isfinite(temperature) or temperature <= 0:
         raise ValueError(f"temperature must be a finite number > 0; got {temperature!r}")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) \
-            or batch_size < 1:
+    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
         raise ValueError(f"batch_size must be an integer >= 1; got {batch_size!r}")
 
     # FAISS wants C-contiguous float32 on the host.
@@ -198,9 +201,7 @@ def _knn_score_batches(
         weights = np.exp((sims - sims[:, :1]) / temperature)
         # Sum of the weights per class: one scatter-add over the (b, k) neighbour labels.
         batch_scores = torch.zeros((stop - start, num_classes), dtype=torch.float64)
-        batch_scores.scatter_add_(
-            1, torch.from_numpy(bank_labels[idx]), torch.from_numpy(weights)
-        )
+        batch_scores.scatter_add_(1, torch.from_numpy(bank_labels[idx]), torch.from_numpy(weights))
         batch_scores = batch_scores.numpy()
         yield start, stop, batch_scores / batch_scores.sum(axis=1, keepdims=True)
 
@@ -229,22 +230,17 @@ def _build_index(train: np.ndarray, k: int) -> faiss.Index:
     return index
 
 
-def _resolve_num_classes(
-    num_classes: int | None, train_y: torch.Tensor, test_y: torch.Tensor | None
-) -> int:
+def _resolve_num_classes(num_classes: int | None, train_y: torch.Tensor, test_y: torch.Tensor | None) -> int:
     """``num_classes`` checked against the labels, or inferred as the largest label + 1."""
     largest = int(train_y.max())
     if test_y is not None and test_y.numel() > 0:
         largest = max(largest, int(test_y.max()))
     if num_classes is None:
         return largest + 1
-    if isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer)) \
-            or num_classes < 1:
+    if isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer)) or num_classes < 1:
         raise ValueError(f"num_classes must be an integer >= 1; got {num_classes!r}")
     if largest >= num_classes:
-        raise ValueError(
-            f"labels must lie in [0, num_classes={num_classes}); got a label {largest}"
-        )
+        raise ValueError(f"labels must lie in [0, num_classes={num_classes}); got a label {largest}")
     return int(num_classes)
 
 
@@ -294,26 +290,19 @@ def _as_tensor(a: Any, name: str) -> torch.Tensor:
     try:
         return torch.as_tensor(np.asarray(a))
     except (TypeError, ValueError, RuntimeError) as err:
-        raise ValueError(
-            f"{name} must be a numpy array or torch tensor; got {type(a).__name__} ({err})"
-        ) from err
+        raise ValueError(f"{name} must be a numpy array or torch tensor; got {type(a).__name__} ({err})") from err
 
 
 def _as_features(a: Any, name: str) -> torch.Tensor:
     t = _as_tensor(a, name)
     if t.ndim != 2:
-        raise ValueError(
-            f"{name} must be a 2-D array of shape (num_samples, feature_dim); "
-            f"got shape {tuple(t.shape)}"
-        )
+        raise ValueError(f"{name} must be a 2-D array of shape (num_samples, feature_dim); got shape {tuple(t.shape)}")
     if not (t.is_floating_point() or t.dtype in _INT_DTYPES or t.dtype == torch.bool):
         raise ValueError(f"{name} must hold real numbers; got dtype {t.dtype}")
     t = t.to(torch.float32)
     if not bool(torch.isfinite(t).all()):
         bad = int((~torch.isfinite(t)).any(dim=1).sum())
-        raise ValueError(
-            f"{name} must hold finite values; got NaN or inf in {bad} of {t.shape[0]} rows"
-        )
+        raise ValueError(f"{name} must hold finite values; got NaN or inf in {bad} of {t.shape[0]} rows")
     return t
 
 
@@ -327,9 +316,7 @@ _INT_DTYPES = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
 def _as_labels(a: Any, name: str) -> torch.Tensor:
     t = _as_tensor(a, name)
     if t.ndim != 1:
-        raise ValueError(
-            f"{name} must be a 1-D array of integer class labels; got shape {tuple(t.shape)}"
-        )
+        raise ValueError(f"{name} must be a 1-D array of integer class labels; got shape {tuple(t.shape)}")
     if t.dtype not in _INT_DTYPES:
         raise ValueError(f"{name} must hold integer class labels; got dtype {t.dtype}")
     t = t.to(torch.int64)

@@ -87,8 +87,14 @@ def linear_probe_accuracy(
         >>> acc = linear_probe_accuracy(train_feats, train_labels, test_feats, test_labels)
     """
     return linear_probe(
-        train_x, train_y, test_x, test_y,
-        l2_grid=l2_grid, val_fraction=val_fraction, seed=seed, max_iter=max_iter,
+        train_x,
+        train_y,
+        test_x,
+        test_y,
+        l2_grid=l2_grid,
+        val_fraction=val_fraction,
+        seed=seed,
+        max_iter=max_iter,
         device=device,
     ).accuracy
 
@@ -131,11 +137,12 @@ def linear_probe(
     grid = _check_grid(l2_grid)
     if not _is_real(val_fraction) or not 0.0 < val_fraction < 1.0:
         raise ValueError(f"val_fraction must be a number in (0, 1); got {val_fraction!r}")
-    if isinstance(max_iter, bool) or not isinstance(max_iter, (int, np.integer)) \
-            or max_iter < 1:
+    if isinstance(max_iter, bool) or not isinstance(max_iter, (int, np.integer)) or max_iter < 1:
         raise ValueError(f"max_iter must be an integer >= 1; got {max_iter!r}")
-    device = torch.device(device) if device is not None else (
-        torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+    device = (
+        torch.device(device)
+        if device is not None
+        else (torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu"))
     )
 
     train_x, test_x = train_x.to(device), test_x.to(device)
@@ -171,12 +178,9 @@ def linear_probe(
         warm = best_params
 
     x_train, x_test = _standardise(train_x, test_x)
-    (weight, bias), iterations, converged = _fit(
-        x_train, train_t, len(classes), chosen, max_iter, warm
-    )
+    (weight, bias), iterations, converged = _fit(x_train, train_t, len(classes), chosen, max_iter, warm)
     with torch.no_grad():
-        train_acc = int((F.linear(x_train, weight, bias).argmax(1) == train_t).sum()) \
-            / len(train_t)
+        train_acc = int((F.linear(x_train, weight, bias).argmax(1) == train_t).sum()) / len(train_t)
         pred = classes[F.linear(x_test, weight, bias).argmax(1)]
         test_acc = int((pred == test_y).sum()) / len(test_y)
     return LinearProbeResult(
@@ -237,9 +241,7 @@ def _fit(
     return (weight.detach(), bias.detach()), iterations, iterations < max_iter
 
 
-def _standardise(
-    fit: torch.Tensor, *others: torch.Tensor
-) -> tuple[torch.Tensor, ...]:
+def _standardise(fit: torch.Tensor, *others: torch.Tensor) -> tuple[torch.Tensor, ...]:
     """Centres and scales by ``fit``'s per-feature mean and std (population, as sklearn)."""
     mean = fit.mean(dim=0)
     std = fit.std(dim=0, unbiased=False)
@@ -248,9 +250,7 @@ def _standardise(
     return tuple((t - mean) / std for t in (fit, *others))
 
 
-def _stratified_split(
-    labels: np.ndarray, val_fraction: float, seed: int
-) -> tuple[np.ndarray, np.ndarray]:
+def _stratified_split(labels: np.ndarray, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Indices (fit, val): ``val_fraction`` of each class held out, at least one sample of
     every class with two or more, and never a class's last sample."""
     rng = np.random.default_rng(seed)
@@ -270,9 +270,7 @@ def _check_grid(l2_grid: Sequence[float]) -> list[float]:
     except (TypeError, ValueError) as err:
         raise ValueError(f"l2_grid must be a sequence of numbers; got {l2_grid!r}") from err
     if not grid or not all(np.isfinite(v) and v > 0 for v in grid):
-        raise ValueError(
-            f"l2_grid must hold one or more finite weight decays > 0; got {l2_grid!r}"
-        )
+        raise ValueError(f"l2_grid must hold one or more finite weight decays > 0; got {l2_grid!r}")
     # Strong to weak, so warm starts move from the easiest problem to the hardest.
     return sorted(set(grid), reverse=True)
 

@@ -158,8 +158,10 @@ class ProbeData:
         return {"image_size": self.image_size, "channels": self.channels, "limit": limit}
 
     def describe(self) -> str:
-        return (f"{self.dataset} ({len(self.train)} train / {len(self.test)} {self.test_split}, "
-                f"{self.channels}x{self.image_size}x{self.image_size})")
+        return (
+            f"{self.dataset} ({len(self.train)} train / {len(self.test)} {self.test_split}, "
+            f"{self.channels}x{self.image_size}x{self.image_size})"
+        )
 
 
 def input_format(data_config: Mapping[str, Any]) -> tuple[int, int]:
@@ -167,8 +169,10 @@ def input_format(data_config: Mapping[str, Any]) -> tuple[int, int]:
     defaults where the section leaves them null)."""
 
     spec = dataset_spec(data_config["dataset"])
-    return (int(data_config.get("image_size") or spec.default_image_size),
-            int(data_config.get("channels") or spec.channels))
+    return (
+        int(data_config.get("image_size") or spec.default_image_size),
+        int(data_config.get("channels") or spec.channels),
+    )
 
 
 def probe_data(
@@ -204,7 +208,14 @@ def probe_data(
     base = getattr(train, "dataset", train)  # through a Subset
     classes = getattr(base, "classes", None)
     return ProbeData(
-        dataset, train, test, size, chans, limit_train, limit_test, test_split,
+        dataset,
+        train,
+        test,
+        size,
+        chans,
+        limit_train,
+        limit_test,
+        test_split,
         list(classes) if classes is not None else None,
     )
 
@@ -235,7 +246,9 @@ def model_features(
         if unknown:
             raise ValueError(f"{type(model).__name__} has no position {', '.join(unknown)}; it has {', '.join(known)}")
     if cache_dir is not None and checkpoint is None and not cache_name:
-        raise ValueError("caching features needs the checkpoint they come from (or a cache_name for a model without one)")
+        raise ValueError(
+            "caching features needs the checkpoint they come from (or a cache_name for a model without one)"
+        )
 
     out: dict[str, list[FeatureArrays]] = {p: [] for p in positions}
     with probe_threads(len(data.train) + len(data.test)):
@@ -244,8 +257,14 @@ def model_features(
 
 
 def _extract_both(
-    model: Any, data: ProbeData, positions: tuple[str, ...], cache_dir: Any, checkpoint: Any, cache_name: Any,
-    progress: bool, out: dict[str, list[FeatureArrays]],
+    model: Any,
+    data: ProbeData,
+    positions: tuple[str, ...],
+    cache_dir: Any,
+    checkpoint: Any,
+    cache_name: Any,
+    progress: bool,
+    out: dict[str, list[FeatureArrays]],
 ) -> None:
     for split, dataset in (("train", data.train), ("test", data.test)):
         key = None
@@ -284,9 +303,11 @@ def _probe(train_x: Any, train_y: Any, test_x: Any, test_y: Any, settings: Probe
     result: dict[str, Any] = {}
     for probe in settings.probes:
         if probe == "knn":
-            result["knn_acc"] = float(knn_accuracy(
-                train_x, train_y, test_x, test_y, k=int(settings.knn_k), temperature=float(settings.knn_temperature)
-            ))
+            result["knn_acc"] = float(
+                knn_accuracy(
+                    train_x, train_y, test_x, test_y, k=int(settings.knn_k), temperature=float(settings.knn_temperature)
+                )
+            )
         else:
             fitted = linear_probe(train_x, train_y, test_x, test_y, seed=settings.seed)
             result["linear_acc"] = float(fitted.accuracy)

@@ -111,8 +111,10 @@ def _load_failure(err: BaseException) -> str:
     text = str(err)
     refused = re.search(r"Unsupported global: GLOBAL (\S+)", text)
     if refused:
-        return (f"it holds a Python object ({refused.group(1)}) that weights-only loading refuses "
-                "(loading it could run code), so it was not loaded")
+        return (
+            f"it holds a Python object ({refused.group(1)}) that weights-only loading refuses "
+            "(loading it could run code), so it was not loaded"
+        )
     if isinstance(err, EOFError) or not text.strip():
         return "the file is empty or cut short"
     detail = re.search(r"Unpickler error:\s*(.*?)(?:\s{2,}|$)", text)
@@ -177,11 +179,10 @@ def export_backbone(checkpoint_path: str | os.PathLike, out_path: str | os.PathL
     """
     checkpoint = load_checkpoint(checkpoint_path)
     encoder = checkpoint["dim_ssl"]["encoder"]
-    state = {k[len(_ENCODER_PREFIX):]: v for k, v in checkpoint["state_dict"].items() if k.startswith(_ENCODER_PREFIX)}
+    state = {k[len(_ENCODER_PREFIX) :]: v for k, v in checkpoint["state_dict"].items() if k.startswith(_ENCODER_PREFIX)}
     out_path = Path(out_path)
     if encoder.get("kind") == "timm":
-
-        backbone = {k[len("backbone."):]: v for k, v in state.items() if k.startswith("backbone.")}
+        backbone = {k[len("backbone.") :]: v for k, v in state.items() if k.startswith("backbone.")}
         kwargs = {"num_classes": 0, "in_chans": encoder["in_chans"], **encoder["timm_kwargs"]}
         try:
             model = timm.create_model(encoder["model_name"], **kwargs)
@@ -196,7 +197,7 @@ def export_backbone(checkpoint_path: str | os.PathLike, out_path: str | os.PathL
             "model_name": encoder["model_name"],
             "create_model_kwargs": kwargs,
             "load": f"timm.create_model({encoder['model_name']!r}, **create_model_kwargs)"
-                    ".load_state_dict(torch.load(path), strict=True)",
+            ".load_state_dict(torch.load(path), strict=True)",
         }
         weights = backbone
     elif encoder.get("kind") == "paper":

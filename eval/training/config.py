@@ -215,7 +215,6 @@ def dump_config(config: Mapping[str, Any]) -> str:
     return yaml.dump(plain(config), Dumper=_Dumper, sort_keys=False, default_flow_style=False)
 
 
-
 # --------------------------------------------------------------------------------------------
 # Schema
 

@@ -166,9 +166,7 @@ class PretrainDataModule(pl.LightningDataModule):
         eval.data.DatasetNotFoundError: The dataset is not on this machine (in :meth:`setup`).
     """
 
-    def __init__(
-        self, data: Mapping[str, Any], seed: int, train_transform: Callable[[Any], Any] | None = None
-    ) -> None:
+    def __init__(self, data: Mapping[str, Any], seed: int, train_transform: Callable[[Any], Any] | None = None) -> None:
         super().__init__()
         self.config = dict(data)
         self.seed = int(seed)
@@ -192,8 +190,12 @@ class PretrainDataModule(pl.LightningDataModule):
         if self.train_set is not None:
             return
         cfg = self.config
-        common = {"root": cfg["root"], "download": cfg["download"], "image_size": self.image_size,
-                  "channels": self.channels}
+        common = {
+            "root": cfg["root"],
+            "download": cfg["download"],
+            "image_size": self.image_size,
+            "channels": self.channels,
+        }
         transform = self.train_transform or make_transform(
             self.spec, self.image_size, self.channels, train=True, crop=cfg["crop"], flip=cfg["flip"]
         )
@@ -231,8 +233,13 @@ class PretrainDataModule(pl.LightningDataModule):
         rank, world = self._rank_and_world()
         epoch, start = self.resume_position
         sampler = EpochSampler(
-            len(self.train_set), self.config["batch_size"], self.seed, rank=rank, world_size=world,
-            epoch=epoch, start_batch=start,
+            len(self.train_set),
+            self.config["batch_size"],
+            self.seed,
+            rank=rank,
+            world_size=world,
+            epoch=epoch,
+            start_batch=start,
         )
         workers = int(self.config["num_workers"])
         return DataLoader(

@@ -156,8 +156,13 @@ def pretrain(
     # ---- trainer -----------------------------------------------------------------------------
     meter = ThroughputMeter()
     best = ModelCheckpoint(
-        dirpath=out / "checkpoints", filename="best", monitor=BEST_METRICS[config["monitor"]["best"]],
-        mode="max", save_top_k=1, save_on_train_epoch_end=True, enable_version_counter=False,
+        dirpath=out / "checkpoints",
+        filename="best",
+        monitor=BEST_METRICS[config["monitor"]["best"]],
+        mode="max",
+        save_top_k=1,
+        save_on_train_epoch_end=True,
+        enable_version_counter=False,
         auto_insert_metric_name=False,
     )
     latest = ModelCheckpoint(dirpath=out / "checkpoints", save_top_k=0, save_last=True, save_on_train_epoch_end=True)
@@ -242,7 +247,11 @@ def format_summary(summary: Mapping[str, Any]) -> str:
 
 
 def _prepare_output(
-    out: Path, config: Mapping[str, Any], checkpoint: Mapping[str, Any] | None, resume: bool, overwrite: bool,
+    out: Path,
+    config: Mapping[str, Any],
+    checkpoint: Mapping[str, Any] | None,
+    resume: bool,
+    overwrite: bool,
     say: Callable[[str], None],
 ) -> None:
     earlier = [p for p in (out / "checkpoints", out / "metrics.csv", out / "summary.json") if p.exists()]
