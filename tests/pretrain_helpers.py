@@ -11,6 +11,8 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
+import pytorch_lightning as pl
+
 ROOT = Path(__file__).resolve().parents[1]
 QUICKSTART = str(ROOT / "configs" / "quickstart.yaml")
 
@@ -76,3 +78,17 @@ def epoch_values(rows: list[dict[str, str]], key: str) -> list[float]:
 def fresh(path: Path) -> Path:
     shutil.rmtree(path, ignore_errors=True)
     return path
+
+
+def quiet_trainer(tmp_path: Path | None = None, **kwargs: Any) -> pl.Trainer:
+    """A CPU Trainer that writes and prints nothing of its own (no logger, checkpoints, bars)."""
+    return pl.Trainer(
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        default_root_dir=tmp_path,
+        **kwargs,
+    )

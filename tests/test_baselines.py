@@ -5,9 +5,9 @@ from __future__ import annotations
 import math
 
 import pytest
-import pytorch_lightning as pl
 import torch
 from lightly.transforms import MoCoV2Transform, SimCLRTransform
+from pretrain_helpers import quiet_trainer
 from torch.utils.data import DataLoader, TensorDataset
 
 import dim_ssl
@@ -27,17 +27,6 @@ TWO_VIEW = [SimCLR, MoCo, BYOL]
 def make_encoder() -> dim_ssl.TimmEncoder:
     torch.manual_seed(0)
     return dim_ssl.TimmEncoder(BACKBONE, in_chans=1)
-
-
-def make_trainer(steps: int) -> pl.Trainer:
-    return pl.Trainer(
-        accelerator="cpu",
-        max_steps=steps,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-    )
 
 
 def views_of(method_class, dataset="digits", image_size=32, channels=1, **transform) -> TwoViewTransform:
@@ -126,7 +115,7 @@ def test_simclr_steps_train_the_backbone_with_a_finite_loss():
     model = SimCLR(make_encoder(), num_classes=10, image_shape=SHAPE, batch_size=BATCH)
     before = backbone_state(model.encoder.backbone)
     head_before = backbone_state(model.projection_head)
-    trainer = make_trainer(steps=3)
+    trainer = quiet_trainer(max_steps=3)
     trainer.fit(model, two_view_loader(model))
 
     loss = float(trainer.callback_metrics["train_loss"])
@@ -160,7 +149,7 @@ def test_simclr_learning_rate_follows_lightlys_linear_scaling(tmp_path):
             torch.stack([r[2] for r in rows]),
         ),
     )
-    trainer = make_trainer(steps=1)
+    trainer = quiet_trainer(max_steps=1)
     trainer.fit(model, loader)
     optimizer = trainer.optimizers[0]
     assert isinstance(optimizer, torch.optim.SGD)
@@ -205,7 +194,7 @@ def test_moco_key_encoder_moves_by_momentum_not_by_gradient():
     query_before = backbone_state(model.encoder.backbone)
     key_before = backbone_state(model.encoder_momentum.backbone)
 
-    trainer = make_trainer(steps=1)
+    trainer = quiet_trainer(max_steps=1)
     trainer.fit(model, two_view_loader(model))
 
     query_after = backbone_state(model.encoder.backbone)
@@ -232,7 +221,7 @@ def test_moco_runs_several_steps_with_a_cosine_momentum_schedule():
         momentum_end=1.0,
         symmetric=False,
     )
-    trainer = make_trainer(steps=3)
+    trainer = quiet_trainer(max_steps=3)
     trainer.fit(model, two_view_loader(model))
     assert math.isfinite(float(trainer.callback_metrics["train_loss"]))
     assert float(trainer.callback_metrics["train_momentum"]) == pytest.approx(1.0)  # last step: the end value

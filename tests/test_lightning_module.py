@@ -7,6 +7,7 @@ import math
 import pytest
 import pytorch_lightning as pl
 import torch
+from pretrain_helpers import quiet_trainer
 from torch.utils.data import DataLoader, TensorDataset
 
 import dim_ssl
@@ -27,19 +28,6 @@ def tiny_loaders(train_batch=8):
     train = DataLoader(TensorDataset(images, labels), batch_size=train_batch, drop_last=True)
     val = DataLoader(TensorDataset(images, labels), batch_size=16)
     return train, val
-
-
-def quiet_trainer(tmp_path, **kwargs):
-    return pl.Trainer(
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        default_root_dir=tmp_path,
-        **kwargs,
-    )
 
 
 def test_it_follows_the_harness_contract():

@@ -15,6 +15,7 @@ import pytest
 import pytorch_lightning as pl
 import torch
 from lightly.loss import NegativeCosineSimilarity
+from pretrain_helpers import quiet_trainer
 from torch.utils.data import DataLoader, Dataset
 
 import dim_ssl
@@ -97,19 +98,6 @@ def images(n: int = 8, seed: int = 0) -> torch.Tensor:
 def hand_views(model, x: torch.Tensor) -> list[torch.Tensor]:
     """The batch's views built by hand: the images, then (two-view methods) their mirror images."""
     return [x, x.flip(-1)][: model.num_views]
-
-
-def quiet_trainer(tmp_path, **kwargs) -> pl.Trainer:
-    return pl.Trainer(
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        default_root_dir=tmp_path,
-        **kwargs,
-    )
 
 
 class HandViews(Dataset):
