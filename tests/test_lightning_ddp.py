@@ -9,6 +9,20 @@ from pretrain_helpers import QUICKSTART, read_metrics, read_summary, run_cli
 
 from eval.training.checkpoint import load_checkpoint
 
+# A one-epoch run on two gloo processes: 64 images, 16 per rank and step, so 2 steps.
+TWO_RANKS = [
+    "encoder.name=test_resnet",
+    "data.limit_train=64",
+    "data.batch_size=16",
+    "data.limit_val=50",
+    "trainer.max_epochs=1",
+    "trainer.accelerator=cpu",
+    "trainer.devices=2",
+    "trainer.strategy=ddp",
+    "trainer.enable_progress_bar=false",
+    "trainer.log_every_n_steps=1",
+]
+
 
 def test_two_process_ddp_on_cpu_trains_and_writes_one_checkpoint(tmp_path):
     out = tmp_path / "ddp"
@@ -16,16 +30,7 @@ def test_two_process_ddp_on_cpu_trains_and_writes_one_checkpoint(tmp_path):
         [
             "pretrain",
             QUICKSTART,
-            "encoder.name=test_resnet",
-            "data.limit_train=64",
-            "data.batch_size=16",
-            "data.limit_val=50",
-            "trainer.max_epochs=1",
-            "trainer.accelerator=cpu",
-            "trainer.devices=2",
-            "trainer.strategy=ddp",
-            "trainer.enable_progress_bar=false",
-            "trainer.log_every_n_steps=1",
+            *TWO_RANKS,
             f"output_dir={out}",
         ],
         timeout=300,
@@ -59,16 +64,7 @@ def test_two_process_ddp_trains_a_two_view_method_with_its_frozen_summary_mlp(tm
             "pretrain",
             QUICKSTART,
             f"method.name={name}",
-            "encoder.name=test_resnet",
-            "data.limit_train=64",
-            "data.batch_size=16",
-            "data.limit_val=50",
-            "trainer.max_epochs=1",
-            "trainer.accelerator=cpu",
-            "trainer.devices=2",
-            "trainer.strategy=ddp",
-            "trainer.enable_progress_bar=false",
-            "trainer.log_every_n_steps=1",
+            *TWO_RANKS,
             f"output_dir={out}",
         ],
         timeout=300,
