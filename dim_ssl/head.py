@@ -6,12 +6,15 @@ Hjelm et al. 2019, eq. 8: the encoder maximises
 
 (the global and the local term, each a lower bound from ``dim_ssl.estimators``), and plays the
 prior game of ``dim_ssl.prior`` with weight gamma. ``DIMHead(feature_map, y).loss`` is the one
-number to minimise: ``-(alpha * I_global + beta * I_local) + gamma * prior``.
+number to minimise: ``-(alpha * I_global + beta * I_local) + gamma * prior``, plus, optionally,
+AMDIM's score penalty ``lam * mean(s^2)`` for each term (Bachman et al. 2019; ``score_penalty``),
+whose bounds may also be taken on soft-clipped scores ``c * tanh(s / c)`` (``score_clip``).
 """
 
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass
 from functools import partial
 from typing import Any, Iterator
@@ -21,10 +24,10 @@ from torch import Tensor, nn
 
 from dim_ssl.critics import DotCritic, get_critic_shape
 from dim_ssl.distributed import _gather_sizes, all_reduce_log_sum_exp, gather_with_grad, world_size
-from dim_ssl.estimators import get_estimator, mi_lower_bound_from_pairs
+from dim_ssl.estimators import ReduceNegatives, get_estimator, mi_lower_bound_from_pairs
 from dim_ssl.negatives import gather_locations, shuffled_partners
 from dim_ssl.prior import PRIORS, PriorMatching
-from dim_ssl.scoring import all_pairs_bound
+from dim_ssl.scoring import all_pairs_bound_and_mean_square, squared_sum, tanh_clip
 
 # The paper's two headline models (Hjelm et al. 2019, section 4.2).
 PRESETS: dict[str, dict[str, float]] = {
@@ -38,9 +41,12 @@ class DIMOutput:
     """What ``DIMHead`` returns.
 
     Attributes:
-        loss: the objective to minimise, with gradients for encoder, critics and discriminator.
+        loss: the objective to minimise, with gradients for encoder, critics and discriminator;
+            the only number that includes the score penalty (``DIMHead(score_penalty=...)``).
         global_mi: the global MI bound in nats (detached); NaN when alpha == 0 (not computed).
+            With ``score_clip`` it is the bound of the clipped critic ``c * tanh(T / c)``.
         local_mi: the local MI bound in nats, averaged over locations (detached); NaN when beta == 0.
+            With ``score_clip`` it is the bound of the clipped critic, as ``global_mi``.
         prior_loss: the prior discriminator's cross-entropy (detached): about log 4 = 1.386 when
             it cannot tell prior samples from the encoder's outputs; NaN without a prior term.
         prior_encoder_loss: the encoder's adversarial loss ``-log D(E(x))`` (detached).
@@ -90,11 +96,26 @@ class DIMHead(nn.Module):
             subset drawn at every call (the same for all images of the batch); None: all.
             Local InfoNCE then has ``(N - 1) * num_locations`` negatives per positive. Under
             ``gather_distributed`` each rank draws its own subset.
+        score_clip: c > 0, AMDIM's soft clip (Bachman et al. 2019 use 20): every critic score s
+            enters the bounds as ``c * tanh(s / c)``, so no estimator sees a score beyond c in
+            magnitude (DV stays within ``[-2c, 2c]``). ``out.local_mi`` and ``out.global_mi`` are
+            the bounds of this clipped critic. None (default): raw scores.
+        score_penalty: lam >= 0, AMDIM's score penalty (Bachman et al. 2019 use 4e-2): adds
+            ``lam * mean(s^2)`` over the raw (unclipped) scores to ``out.loss``, once for each
+            term computed (local, global; not weighted by alpha or beta). The mean runs over
+            every score the term computed, positives and negatives at all scored locations:
+            ``N_all * n * L`` scores for ``negatives="all"`` (the same however
+            ``max_scores_in_memory`` splits them), ``2 * n * L`` (the positives and their shuffled
+            partners) for ``"shuffle"``. Under ``gather_distributed`` it is each rank's mean over
+            the scores of its own n summaries, so that, with equal rank batches, the DDP average
+            of the rank losses equals one process on the whole batch. It enters ``out.loss`` only:
+            the reported bounds do not include it. 0 (default): off, nothing computed.
 
     Raises:
         ValueError: for an unknown estimator, critic, negatives mode or prior, ``"concat"`` with
-            ``"all"``, negative weights or all weights zero; and in ``forward`` for inputs that do
-            not match the head (channels, global size, batch sizes, a batch of one, NaN or inf).
+            ``"all"``, negative weights or all weights zero, ``score_clip`` not None nor a finite
+            number > 0, ``score_penalty`` not a finite number >= 0; and in ``forward`` for inputs
+            that do not match the head (channels, global size, batch sizes, a batch of one, NaN or inf).
 
     Examples:
         >>> encoder = dim_ssl.TimmEncoder("resnet18", global_dim=64)
@@ -125,6 +146,8 @@ class DIMHead(nn.Module):
         check_inputs: bool = True,
         max_scores_in_memory: int | None = None,
         num_locations: int | None = None,
+        score_clip: float | None = None,
+        score_penalty: float = 0.0,
     ) -> None:
         super().__init__()
         get_estimator(estimator)
@@ -142,6 +165,10 @@ class DIMHead(nn.Module):
         for name, limit in (("max_scores_in_memory", max_scores_in_memory), ("num_locations", num_locations)):
             if limit is not None and (isinstance(limit, bool) or int(limit) != limit or limit < 1):
                 raise ValueError(f"{name} must be None or an integer >= 1; got {limit!r}")
+        if score_clip is not None and not (_is_real(score_clip) and math.isfinite(score_clip) and score_clip > 0):
+            raise ValueError(f"score_clip must be None or a finite number > 0 (AMDIM: 20); got {score_clip!r}")
+        if not (_is_real(score_penalty) and math.isfinite(score_penalty) and score_penalty >= 0):
+            raise ValueError(f"score_penalty must be a finite weight >= 0 (AMDIM: 4e-2); got {score_penalty!r}")
 
         self.local_channels = local_channels
         self.global_dim = global_dim
@@ -153,6 +180,8 @@ class DIMHead(nn.Module):
         self.check_inputs = check_inputs
         self.max_scores_in_memory = None if max_scores_in_memory is None else int(max_scores_in_memory)
         self.num_locations = None if num_locations is None else int(num_locations)
+        self.score_clip = None if score_clip is None else float(score_clip)
+        self.score_penalty = float(score_penalty)
 
         # Only the networks a term needs, so that every parameter gets a gradient (DDP insists).
         self.local_critic = self.global_critic = self.prior_matching = None
@@ -196,11 +225,15 @@ class DIMHead(nn.Module):
         global_mi = local_mi = prior_loss = prior_encoder_loss = nan
 
         if self.local_critic is not None:
-            local_mi = self._mi(self.local_critic, feature_map, y, per_location=True)
+            local_mi, local_square = self._mi(self.local_critic, feature_map, y, per_location=True)
             loss = loss - self.beta * local_mi
+            if local_square is not None:
+                loss = loss + self.score_penalty * local_square
         if self.global_critic is not None:
-            global_mi = self._mi(self.global_critic, feature_map, y, per_location=False)
+            global_mi, global_square = self._mi(self.global_critic, feature_map, y, per_location=False)
             loss = loss - self.alpha * global_mi
+            if global_square is not None:
+                loss = loss + self.score_penalty * global_square
         if self.prior_matching is not None:
             prior = self.prior_matching(y)
             loss = loss + self.gamma * prior.total
@@ -217,9 +250,12 @@ class DIMHead(nn.Module):
     def _gather(self, tensor: Tensor) -> tuple[Tensor, int]:
         return gather_with_grad(tensor) if self.gather_distributed else (tensor, 0)
 
-    def _mi(self, critic: nn.Module, feature_map: Tensor, y: Tensor, per_location: bool) -> Tensor:
-        """One MI term. A ``DotCritic`` scores from factors; any other critic scores given pairs
-        (``dim_ssl.critics.CriticShape``), which only shuffled negatives afford."""
+    def _mi(
+        self, critic: nn.Module, feature_map: Tensor, y: Tensor, per_location: bool
+    ) -> tuple[Tensor, Tensor | None]:
+        """One MI term: its bound (of the clipped scores) and the mean square of its raw scores
+        (None without a score penalty). A ``DotCritic`` scores from factors; any other critic
+        scores given pairs (``dim_ssl.critics.CriticShape``), which only shuffled negatives afford."""
         if isinstance(critic, DotCritic):
             return self._dot_mi(critic, feature_map, y, per_location)
         reduce = all_reduce_log_sum_exp if self.gather_distributed else None
@@ -237,9 +273,11 @@ class DIMHead(nn.Module):
             maps, offset = self._gather(feature_map)  # (N_all, C, M, M)
             partners = shuffled_partners(maps.shape[0], offset, count, 1, maps.device)
             positive, negative = critic(feature_map, y), critic(maps[partners[:, 0]], y)
-        return mi_lower_bound_from_pairs(positive, negative, self.estimator, reduce)
+        return self._pairs_bound(positive, negative, reduce)
 
-    def _dot_mi(self, critic: DotCritic, feature_map: Tensor, y: Tensor, per_location: bool) -> Tensor:
+    def _dot_mi(
+        self, critic: DotCritic, feature_map: Tensor, y: Tensor, per_location: bool
+    ) -> tuple[Tensor, Tensor | None]:
         """Encode-and-dot-product: scores ``<f(x_i[l]), g(y_j)>`` from factors (``DotCritic``).
 
         The critic's last input layer is folded into the summary side when that is cheaper
@@ -267,7 +305,7 @@ class DIMHead(nn.Module):
             else:
                 inputs, offset = self._gather(_input_factors(critic, feature_map, fold))  # (N_all, L, K)
                 transform, rows = None, None
-            return all_pairs_bound(
+            return all_pairs_bound_and_mean_square(
                 inputs,
                 summaries,
                 offsets,
@@ -277,6 +315,8 @@ class DIMHead(nn.Module):
                 reduce_negatives=reduce,
                 input_transform=transform,
                 rows_per_chunk=rows,
+                score_clip=self.score_clip,
+                mean_square=self.score_penalty > 0,
             )
 
         inputs, offset = self._gather(_input_factors(critic, feature_map, fold))  # (N_all, L, K)
@@ -286,7 +326,18 @@ class DIMHead(nn.Module):
         negative = (gather_locations(inputs, partners) @ by_summary).squeeze(-1)
         if offsets is not None:
             positive, negative = positive + offsets[:, None], negative + offsets[:, None]
-        return mi_lower_bound_from_pairs(positive, negative, self.estimator, reduce)
+        return self._pairs_bound(positive, negative, reduce)
+
+    def _pairs_bound(
+        self, positive: Tensor, negative: Tensor, reduce: ReduceNegatives | None
+    ) -> tuple[Tensor, Tensor | None]:
+        """The bound of paired scores (shuffled negatives), clipped, and the mean square of the
+        raw scores over positives and negatives together (None without a score penalty)."""
+        mean_square = None
+        if self.score_penalty > 0:
+            mean_square = (squared_sum(positive) + squared_sum(negative)) / (positive.numel() + negative.numel())
+        positive, negative = tanh_clip(positive, self.score_clip), tanh_clip(negative, self.score_clip)
+        return mi_lower_bound_from_pairs(positive, negative, self.estimator, reduce), mean_square
 
     def _batch_sizes(self, count: int, device: torch.device) -> tuple[int, int]:
         """(largest batch on any rank, global batch): ``(count, count)`` without gathering."""
@@ -354,6 +405,11 @@ class DIMHead(nn.Module):
                 f"{which} contains NaN or inf: check the inputs and the learning rate "
                 "(a diverged encoder produces them), or use gradient clipping"
             )
+
+
+def _is_real(value: Any) -> bool:
+    """A real number, not a bool (``True`` is an int to Python, never a meant weight)."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
 def _rows(tensor: Tensor, start: int, count: int) -> Tensor:

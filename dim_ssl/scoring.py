@@ -13,10 +13,17 @@ of candidate images runs under ``torch.utils.checkpoint``: the critic's input si
 block's scores and everything the estimator makes of them are freed after the forward and
 recomputed, one block at a time, in the backward. Memory then holds one block's scores and
 critic activations instead of all of them, for the price of a second forward of the blocks.
+
+AMDIM's two score stabilisers (Bachman et al. 2019) act on the scores themselves, so they go
+where the scores are made, block by block: ``score_clip`` passes every score through
+``c * tanh(s / c)`` before the estimator sees it, and ``mean_square`` adds up the squares of
+the raw (unclipped) scores of every block, divided by the number of scores at the end: the
+mean over the whole score tensor, whatever the blocks.
 """
 
 from __future__ import annotations
 
+import math
 from functools import partial
 from typing import Callable
 
@@ -44,8 +51,43 @@ def all_pairs_bound(
     reduce_negatives: ReduceNegatives | None = None,
     input_transform: Callable[[Tensor], Tensor] | None = None,
     rows_per_chunk: int | None = None,
+    score_clip: float | None = None,
 ) -> Tensor:
     """The MI bound of the scores ``scores[i, j, l] = <f(inputs[i, l]), summaries[j]> + offsets[j]``.
+
+    ``all_pairs_bound_and_mean_square`` without the mean square, which documents the arguments.
+    """
+    bound, _ = all_pairs_bound_and_mean_square(
+        inputs,
+        summaries,
+        offsets,
+        estimator,
+        positive_offset,
+        negatives_across_locations=negatives_across_locations,
+        reduce_negatives=reduce_negatives,
+        input_transform=input_transform,
+        rows_per_chunk=rows_per_chunk,
+        score_clip=score_clip,
+        mean_square=False,
+    )
+    return bound
+
+
+def all_pairs_bound_and_mean_square(
+    inputs: Tensor,
+    summaries: Tensor,
+    offsets: Tensor | None,
+    estimator: str,
+    positive_offset: int = 0,
+    negatives_across_locations: bool = False,
+    reduce_negatives: ReduceNegatives | None = None,
+    input_transform: Callable[[Tensor], Tensor] | None = None,
+    rows_per_chunk: int | None = None,
+    score_clip: float | None = None,
+    mean_square: bool = True,
+) -> tuple[Tensor, Tensor | None]:
+    """The MI bound of the scores ``scores[i, j, l] = <f(inputs[i, l]), summaries[j]> + offsets[j]``,
+    and the mean of their squares.
 
     The same number as ``mi_lower_bound_offset(scores, ...)`` on the whole ``(N_all, n, L)``
     score tensor, with the same gradients, without ever holding all of it when chunked.
@@ -65,6 +107,14 @@ def all_pairs_bound(
             the identity. Under chunking it runs per block, so its activations are recomputed too.
         rows_per_chunk: candidate images per block; None (or at least N_all) for one block
             without recomputation.
+        score_clip: c: the bound is that of ``c * tanh(scores / c)`` (AMDIM's soft clip); None
+            for the raw scores.
+        mean_square: whether to compute ``mean(scores ** 2)`` over all ``N_all * n * L`` raw
+            (unclipped) scores (AMDIM's score penalty), the same number however they are chunked.
+
+    Returns:
+        The bound (a scalar), and the mean square (a scalar in at least float32) or None when
+        ``mean_square`` is False.
     """
     spec = get_estimator(estimator)
     num_candidates, num_summaries = inputs.shape[0], summaries.shape[0]
@@ -75,7 +125,7 @@ def all_pairs_bound(
     # One split rather than a slice per block: the backward then assembles the inputs'
     # gradient once, where every slice would add a zero-filled copy of the whole input.
     blocks = (inputs,) if rows == num_candidates else inputs.split(rows)
-    statistics, positives, start = [], [], 0
+    statistics, positives, square_sums, start = [], [], [], 0
     for block_inputs in blocks:
         block = partial(
             _block_statistics,
@@ -83,13 +133,16 @@ def all_pairs_bound(
             positive_offset=positive_offset - start,
             negatives_across_locations=negatives_across_locations,
             input_transform=input_transform,
+            score_clip=score_clip,
+            mean_square=mean_square,
         )
         args = (block_inputs, summaries, offsets)
-        statistic, positive = (
+        statistic, positive, square_sum = (
             checkpoint(block, *args, use_reentrant=False, preserve_rng_state=False) if recompute else block(*args)
         )
         statistics.append(statistic)
         positives.append(positive)
+        square_sums.append(square_sum)
         start += block_inputs.shape[0]
 
     # Blocks are in row order, so their positives (columns j whose row j + offset they hold)
@@ -97,7 +150,12 @@ def all_pairs_bound(
     positive = positives[0] if len(positives) == 1 else torch.cat(positives, dim=0)  # (n, L)
     statistic = statistics[0] if len(statistics) == 1 else spec.combine(torch.stack(statistics))
     num_negatives = count_negatives((num_candidates, num_summaries, *positive.shape[1:]))
-    return spec.bound(positive, statistic, num_negatives, reduce_negatives)
+    bound = spec.bound(positive, statistic, num_negatives, reduce_negatives)
+    if not mean_square:
+        return bound, None
+    num_scores = num_candidates * num_summaries * math.prod(positive.shape[1:])
+    total = square_sums[0] if len(square_sums) == 1 else torch.stack(square_sums).sum()
+    return bound, total / num_scores
 
 
 def _block_statistics(
@@ -109,14 +167,35 @@ def _block_statistics(
     positive_offset: int,
     negatives_across_locations: bool,
     input_transform: Callable[[Tensor], Tensor] | None,
-) -> tuple[Tensor, Tensor]:
-    """One block of candidate rows: its negatives' statistic and the positives it holds."""
+    score_clip: float | None,
+    mean_square: bool,
+) -> tuple[Tensor, Tensor, Tensor | None]:
+    """One block of candidate rows: its negatives' statistic and the positives it holds (both of
+    the clipped scores), and the sum of its raw scores' squares (None unless ``mean_square``)."""
     factors = inputs if input_transform is None else input_transform(inputs)
     rows, locations, width = factors.shape
     flat = factors.reshape(rows * locations, width)
     # Every pair of the block from one matrix product.
     scores = flat @ summaries.T if offsets is None else torch.addmm(offsets, flat, summaries.T)
     scores = scores.view(rows, locations, -1).transpose(1, 2)  # (rows, n, L): scores[i, j, l]
+    square_sum = squared_sum(scores) if mean_square else None
+    scores = tanh_clip(scores, score_clip)
     positive = positive_scores(scores, positive_offset)
     statistic = estimator.negative_statistic(scores, positive, positive_offset, negatives_across_locations)
-    return statistic, positive
+    return statistic, positive, square_sum
+
+
+def tanh_clip(scores: Tensor, clip: float | None) -> Tensor:
+    """AMDIM's soft clip ``clip * tanh(scores / clip)``: every score within (-clip, clip), about
+    unchanged where ``|score| << clip``; the scores themselves when ``clip`` is None.
+
+    Bachman, Hjelm & Buchwalter, "Learning Representations by Maximizing Mutual Information
+    Across Views", 2019 (clip 20). It bounds what any estimator makes of the scores: the DV
+    bound, for one, then lies within ``[-2 clip, 2 clip]``.
+    """
+    return scores if clip is None else clip * torch.tanh(scores / clip)
+
+
+def squared_sum(scores: Tensor) -> Tensor:
+    """The sum of the squares of all scores, in at least float32 (half-precision squares overflow early)."""
+    return scores.to(torch.promote_types(scores.dtype, torch.float32)).square().sum()

@@ -1,5 +1,7 @@
 """gather_distributed=True: two gloo processes under DDP equal one process on the whole batch,
-for every registered estimator; and dim_ssl.gather_with_grad gathers rows of unequal counts."""
+for every registered estimator (with AMDIM's score clip and penalty, and across two views as
+the multi-view DIM scores them); and
+dim_ssl.gather_with_grad gathers rows of unequal counts."""
 
 import os
 import socket
@@ -19,14 +21,21 @@ CONFIGS = {
     **{name: {"estimator": name} for name in ESTIMATORS},
     # Memory-bounded scoring: local blocks of one candidate image, global blocks of 6 and 2.
     **{f"{name}_chunked": {"estimator": name, "max_scores_in_memory": 24} for name in ESTIMATORS},
+    # AMDIM's stabilisers, blockwise: a clip that bends the larger of these small scores (|s| up to
+    # 0.2), and each rank's penalty a mean over its own summaries' scores of all ranks' inputs.
+    "dv_stabilised_chunked": {"estimator": "dv", "max_scores_in_memory": 24, "score_clip": 0.05, "score_penalty": 1.0},
+    # The multi-view DIM's objective (eval/methods/mvdim.py): each view's map against the other
+    # view's summary, the positive being the same image across views.
+    "infonce_cross_view": {"estimator": "infonce", "cross_view": True},
 }
 
 
 class TinyDIM(nn.Module):
     """Encoder (conv + pooled linear, no BatchNorm) and head in one module, as DDP wraps them."""
 
-    def __init__(self, gather: bool, **head_kwargs) -> None:
+    def __init__(self, gather: bool, cross_view: bool = False, **head_kwargs) -> None:
         super().__init__()
+        self.cross_view = cross_view
         self.conv = nn.Conv2d(3, CHANNELS, 3, padding=1)
         self.to_y = nn.Linear(CHANNELS, GLOBAL_DIM)
         self.head = DIMHead(
@@ -41,9 +50,15 @@ class TinyDIM(nn.Module):
             **head_kwargs,
         )
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         feature_map = torch.relu(self.conv(x))
-        return self.head(feature_map, self.to_y(feature_map.mean(dim=(2, 3)))).loss
+        return feature_map, self.to_y(feature_map.mean(dim=(2, 3)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.cross_view:
+            return self.head(*self.encode(x)).loss
+        (map_a, y_a), (map_b, y_b) = self.encode(x), self.encode(x.flip(-1))  # two views of each image
+        return (self.head(map_a, y_b).loss + self.head(map_b, y_a).loss) / 2
 
 
 def make_inputs() -> tuple[dict, torch.Tensor]:

@@ -29,6 +29,9 @@ from eval.training.config import resolve_config
 
 NAMES = sorted(METHODS)
 TWO_VIEW_NAMES = [name for name in NAMES if issubclass(METHODS[name], TwoViewMethod)]
+# Methods whose loss never reads y: their summary MLP is frozen.
+BACKBONE_ONLY_NAMES = [name for name in NAMES if not METHODS[name].trains_summary]
+SUMMARY_TRAINING_NAMES = [name for name in NAMES if METHODS[name].trains_summary]
 SHAPE = (1, 32, 32)
 HARNESS_ARGUMENTS = {"num_classes", "image_shape", "batch_size", "optimizer", "monitor"}
 
@@ -38,6 +41,8 @@ SMALL = {
     "simclr": {"hidden_dim": 64, "output_dim": 32},
     "moco": {"hidden_dim": 64, "output_dim": 32, "memory_bank_size": 64},
     "byol": {"hidden_dim": 64, "output_dim": 32},
+    "mvdim": {"head": {"hidden_dim": 32, "embed_dim": 32}},
+    "simclr+dim": {"hidden_dim": 64, "output_dim": 32, "head": {"hidden_dim": 32, "embed_dim": 32}},
 }
 
 # Each known method's ``method`` section, written out from its documented constructor.
@@ -305,8 +310,8 @@ def test_feature_positions_are_the_encoders_less_an_untrained_summary_plus_the_m
 # ---- two-view methods: what is frozen, what a batch must be -----------------------------
 
 
-@pytest.mark.parametrize("name", TWO_VIEW_NAMES)
-def test_two_view_methods_freeze_the_summary_mlp_and_the_momentum_copies(name):
+@pytest.mark.parametrize("name", BACKBONE_ONLY_NAMES)
+def test_backbone_only_methods_freeze_the_summary_mlp_and_the_momentum_copies(name):
     model = build(name, optimizer={"schedule": None})
     summary = list(model.encoder.summary_parameters())
     assert summary and not any(p.requires_grad for p in summary)
@@ -323,8 +328,9 @@ def test_two_view_methods_freeze_the_summary_mlp_and_the_momentum_copies(name):
     assert any(p.grad is not None for p in model.encoder.backbone.parameters())
 
 
-def test_dim_trains_the_summary_mlp():
-    model = build("dim")
+@pytest.mark.parametrize("name", SUMMARY_TRAINING_NAMES)
+def test_methods_that_read_y_train_the_summary_mlp(name):
+    model = build(name)
     assert all(p.requires_grad for p in model.encoder.summary_parameters())
     model.training_loss(hand_views(model, images(8))).loss.backward()
     assert all(p.grad is not None for p in model.encoder.summary_parameters())

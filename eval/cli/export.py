@@ -26,7 +26,12 @@ def run(args: argparse.Namespace) -> int:
         return outcome
     _, description = outcome
     json_path = Path(args.out).with_suffix(".json")
-    if description["format"] == "timm":
+    if description.get("small_input"):
+        print(
+            f"wrote {args.out} (timm {description['model_name']} with dim-ssl's small-image stem) and {json_path}\n"
+            f"load with:\n  model = {description['load'].replace('torch.load(path)', f'torch.load({str(args.out)!r})')}"
+        )
+    elif description["format"] == "timm":
         kwargs = ", ".join(f"{k}={v!r}" for k, v in description["create_model_kwargs"].items())
         print(
             f"wrote {args.out} (timm {description['model_name']}) and {json_path}\nload with:\n"

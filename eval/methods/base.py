@@ -55,7 +55,7 @@ from lightly.utils.scheduler import cosine_warmup_schedule
 from torch import Tensor, nn
 from torchmetrics import MeanMetric
 
-from dim_ssl import DIMEncoder, EncoderOutput, gather_with_grad
+from dim_ssl import FEATURE_POSITIONS, DIMEncoder, EncoderOutput, gather_with_grad
 from eval.plain import plain
 from eval.probes.knn import leave_one_out_knn_accuracy
 
@@ -66,6 +66,7 @@ __all__ = [
     "SCHEDULES",
     "MethodModule",
     "StepOutput",
+    "by_position",
 ]
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
@@ -266,7 +267,7 @@ class MethodModule(pl.LightningModule, ABC):
                 f"{', '.join(self.feature_positions)}"
             )
         encoded = self.encoder.encode(x)
-        found = {"conv": encoded.feature_map, "pool": encoded.pooled, "fc": encoded.hidden, "y": encoded.y}
+        found = by_position(encoded)
         if any(p in self.extra_positions for p in positions):
             found.update(self.extra_features(encoded))
         return {p: found[p].flatten(1) for p in positions}
@@ -444,6 +445,11 @@ class MethodModule(pl.LightningModule, ABC):
         # Stepped every batch: smooth, exact for runs resumed mid-epoch, and runs limited by
         # max_steps end at the bottom of the schedule too.
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+def by_position(encoded: EncoderOutput) -> dict[str, Tensor]:
+    """One encoder pass's features by position, ``{position: (N, F)}`` (``"conv"`` flattened)."""
+    return {position: encoded.at(position) for position in FEATURE_POSITIONS}
 
 
 def _constant(step: int) -> float:

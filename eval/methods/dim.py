@@ -19,11 +19,11 @@ from typing import Any, Mapping, Sequence
 
 from torch import Tensor
 
-from dim_ssl import DIMEncoder, DIMHead
-from eval.methods.base import MethodModule, StepOutput
+from dim_ssl import DIMEncoder, DIMHead, DIMOutput
+from eval.methods.base import MethodModule, StepOutput, by_position
 from eval.methods.registry import register_method
 
-__all__ = ["DIM", "HEAD_DEFAULTS"]
+__all__ = ["DIM", "HEAD_DEFAULTS", "build_head", "head_terms", "term_values"]
 
 
 def _head_defaults() -> dict[str, Any]:
@@ -80,24 +80,38 @@ class DIM(MethodModule):
         **common: Any,
     ) -> None:
         super().__init__(encoder, num_classes, image_shape, **common)
-        unknown = sorted(set(head) - set(HEAD_DEFAULTS))
-        if unknown:
-            raise ValueError(f"unknown head argument(s) {', '.join(unknown)}; DIMHead takes {', '.join(HEAD_DEFAULTS)}")
-        self.head = DIMHead(encoder.feature_channels, encoder.global_dim, **{**HEAD_DEFAULTS, **dict(head)})
-        # The terms this head computes (the others are NaN by design and not logged).
-        parts = {
-            "local_mi": self.head.local_critic,
-            "global_mi": self.head.global_critic,
-            "prior_loss": self.head.prior_matching,
-        }
-        self.terms = tuple(name for name, part in parts.items() if part is not None)
+        self.head = build_head(encoder, head)
+        self.terms = head_terms(self.head)
         self.track_terms(*self.terms)
 
     def training_loss(self, views: Sequence[Tensor]) -> StepOutput:
         encoded = self.encoder.encode(views[0])
         out = self.head(encoded.feature_map, encoded.y)
-        values = {"local_mi": out.local_mi, "global_mi": out.global_mi, "prior_loss": out.prior_loss}
         # Every position from the one training pass: the online classifier needs no second one
         # (and BatchNorm sees each batch once).
-        features = {"conv": encoded.feature_map, "pool": encoded.pooled, "fc": encoded.hidden, "y": encoded.y}
-        return StepOutput(out.loss, features=features, terms={name: values[name] for name in self.terms})
+        return StepOutput(out.loss, features=by_position(encoded), terms=term_values(out, self.terms))
+
+
+def build_head(encoder: DIMEncoder, head: Mapping[str, Any]) -> DIMHead:
+    """A ``DIMHead`` for ``encoder`` from a ``method.head`` section (missing keys: :data:`HEAD_DEFAULTS`).
+
+    Raises:
+        ValueError: A key ``DIMHead`` does not take (named with the ones it takes), or a value
+            it refuses.
+    """
+    unknown = sorted(set(head) - set(HEAD_DEFAULTS))
+    if unknown:
+        raise ValueError(f"unknown head argument(s) {', '.join(unknown)}; DIMHead takes {', '.join(HEAD_DEFAULTS)}")
+    return DIMHead(encoder.feature_channels, encoder.global_dim, **{**HEAD_DEFAULTS, **dict(head)})
+
+
+def head_terms(head: DIMHead) -> tuple[str, ...]:
+    """The terms ``head`` computes (a term with weight 0 is NaN by design and not logged)."""
+    parts = {"local_mi": head.local_critic, "global_mi": head.global_critic, "prior_loss": head.prior_matching}
+    return tuple(name for name, part in parts.items() if part is not None)
+
+
+def term_values(out: DIMOutput, terms: Sequence[str]) -> dict[str, Tensor]:
+    """The logged values of ``terms`` from a head's output."""
+    values = {"local_mi": out.local_mi, "global_mi": out.global_mi, "prior_loss": out.prior_loss}
+    return {name: values[name] for name in terms}

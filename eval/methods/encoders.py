@@ -30,10 +30,11 @@ def build_encoder(encoder: Mapping[str, Any], channels: int, image_size: int) ->
     kwargs = dict(encoder.get("kwargs") or {})
     try:
         if name == "paper":
-            if kwargs or encoder.get("feature_stage") is not None:
+            if kwargs or encoder.get("feature_stage") is not None or encoder.get("small_input"):
                 raise ValueError(
-                    "the paper encoder takes no encoder.kwargs or encoder.feature_stage "
-                    f"(got kwargs={kwargs}, feature_stage={encoder.get('feature_stage')})"
+                    "the paper encoder takes no encoder.kwargs, encoder.feature_stage or encoder.small_input "
+                    f"(got kwargs={kwargs}, feature_stage={encoder.get('feature_stage')}, "
+                    f"small_input={encoder.get('small_input')}): it is built for small images already"
                 )
             return PaperEncoder(
                 global_dim=int(encoder["global_dim"]),
@@ -48,6 +49,7 @@ def build_encoder(encoder: Mapping[str, Any], channels: int, image_size: int) ->
             feature_stage=encoder.get("feature_stage"),
             hidden_dim=int(encoder["hidden_dim"]),
             input_size=image_size,
+            small_input=bool(encoder.get("small_input", False)),
             **kwargs,
         )
     except (ValueError, TypeError) as err:
@@ -72,5 +74,6 @@ def describe_encoder(encoder: DIMEncoder) -> dict[str, Any]:
             "model_name": str(encoder.model_name),
             "in_chans": int(encoder.in_chans),
             "timm_kwargs": plain(dict(encoder.timm_kwargs)),
+            "small_input": bool(encoder.small_input),
         }
     return {"kind": type(encoder).__name__}

@@ -1,4 +1,4 @@
-"""Two-view methods (SimCLR, MoCo, BYOL, ...): lightly's view transforms and their shared base.
+"""Multi-view methods (SimCLR, MoCo, BYOL, multi-view DIM): lightly's view transforms, shared bases.
 
 The contrastive and self-distillation baselines exist to put DIM side by side with them on
 *the same backbone*: they take a :class:`dim_ssl.DIMEncoder`, train the part of it that
@@ -24,7 +24,14 @@ from dim_ssl import DIMEncoder, EncoderOutput
 from eval.data import DatasetSpec, InputFormat
 from eval.methods.base import MethodModule
 
-__all__ = ["LIGHTLY_CIFAR10", "SMALL_IMAGE_SIZE", "TwoViewMethod", "TwoViewTransform", "lightly_two_view_transform"]
+__all__ = [
+    "LIGHTLY_CIFAR10",
+    "SMALL_IMAGE_SIZE",
+    "MultiViewMethod",
+    "TwoViewMethod",
+    "TwoViewTransform",
+    "lightly_two_view_transform",
+]
 
 #: lightly's CIFAR-10 benchmark (docs/source/getting_started/benchmarks/cifar10_benchmark.py):
 #: SGD at lr 0.06 for batch size 128, scaled linearly, momentum 0.9, weight decay 5e-4, cosine
@@ -113,12 +120,12 @@ def lightly_two_view_transform(
     return TwoViewTransform(v2.Compose(steps), transform_class(**kwargs))
 
 
-class TwoViewMethod(MethodModule):
-    """Base of the two-view methods: lightly's views, a frozen summary MLP, ``"proj"`` features.
+class MultiViewMethod(MethodModule):
+    """Base of the methods that train on several augmented views of each image.
 
-    Subclasses set :attr:`view_transform` (and :attr:`small_image_recipe`), build
-    ``self.projection_head`` (input width ``encoder.pooled_dim``) and implement
-    ``training_loss``.
+    Subclasses set :attr:`view_transform` (one of lightly's multi-view transforms, or any class
+    that takes ``input_size``, ``hf_prob`` and ``normalize`` and returns a list of views) and
+    :attr:`small_image_recipe`, and implement ``training_loss`` on the list of views.
 
     Args:
         encoder, num_classes, image_shape, **common: See :class:`~eval.methods.base.MethodModule`.
@@ -126,13 +133,9 @@ class TwoViewMethod(MethodModule):
             ``{min_scale: 0.2}``).
     """
 
-    recipe = LIGHTLY_CIFAR10
     num_views = 2
-    trains_summary = False
-    extra_positions = ("proj",)
     view_transform: ClassVar[type]
     small_image_recipe: ClassVar[Mapping[str, Any]] = {}
-    projection_head: nn.Module
 
     def __init__(
         self,
@@ -147,17 +150,36 @@ class TwoViewMethod(MethodModule):
         self.transform_overrides = dict(transform)
 
     def train_transform(self, spec: DatasetSpec, image_size: int, channels: int) -> TwoViewTransform:
-        """Two views of every image from lightly's :attr:`view_transform`, in the data's format.
+        """The views of every image from :attr:`view_transform`, in the data's format.
 
         Raises:
             ValueError: ``transform`` holds an argument the transform refuses.
         """
+        options = self.view_options(channels)
         try:
             return lightly_two_view_transform(
-                self.view_transform, spec, image_size, channels, self.small_image_recipe, **self.transform_overrides
+                self.view_transform, spec, image_size, channels, self.small_image_recipe, **options
             )
         except TypeError as err:
             raise ValueError(f"transform of {type(self).__name__}: {err}") from None
+
+    def view_options(self, channels: int) -> dict[str, Any]:
+        """Keyword arguments of :attr:`view_transform` beyond the data's format: the overrides."""
+        return dict(self.transform_overrides)
+
+
+class TwoViewMethod(MultiViewMethod):
+    """Base of the contrastive and self-distillation baselines: a frozen summary MLP, ``"proj"``.
+
+    Subclasses build ``self.projection_head`` (input width ``encoder.pooled_dim``) besides
+    what :class:`MultiViewMethod` asks for. They train the backbone alone, with lightly's
+    CIFAR-10 recipe.
+    """
+
+    recipe = LIGHTLY_CIFAR10
+    trains_summary = False
+    extra_positions = ("proj",)
+    projection_head: nn.Module
 
     def extra_features(self, encoded: EncoderOutput) -> dict[str, Tensor]:
         """``"proj"``: the projection head's output on the pooled features."""

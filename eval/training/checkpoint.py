@@ -26,6 +26,7 @@ import timm
 import torch
 from pytorch_lightning.callbacks import Callback
 
+from dim_ssl import TimmEncoder
 from eval.data import DataInfo, dataset_spec
 from eval.errors import CheckpointError
 from eval.methods.encoders import describe_encoder
@@ -184,20 +185,32 @@ def export_backbone(checkpoint_path: str | os.PathLike, out_path: str | os.PathL
     if encoder.get("kind") == "timm":
         backbone = {k[len("backbone.") :]: v for k, v in state.items() if k.startswith("backbone.")}
         kwargs = {"num_classes": 0, "in_chans": encoder["in_chans"], **encoder["timm_kwargs"]}
+        small = bool(encoder.get("small_input", False))
         try:
-            model = timm.create_model(encoder["model_name"], **kwargs)
+            if small:  # timm's model with the small-image stem dim_ssl gives it (3x3 stride-1 conv, no pool)
+                model = TimmEncoder(
+                    encoder["model_name"], in_chans=encoder["in_chans"], small_input=True, **encoder["timm_kwargs"]
+                ).backbone
+            else:
+                model = timm.create_model(encoder["model_name"], **kwargs)
             model.load_state_dict(backbone, strict=True)
         except Exception as err:
             raise CheckpointError(
                 f"checkpoint {checkpoint_path}: its backbone does not load into timm's "
-                f"{encoder['model_name']}({kwargs}): {err}"
+                f"{encoder['model_name']}({kwargs}{', small_input=True' if small else ''}): {err}"
             ) from None
+        create = (
+            f"dim_ssl.TimmEncoder({encoder['model_name']!r}, in_chans={encoder['in_chans']}, small_input=True, "
+            f"**{encoder['timm_kwargs']!r}).backbone"
+            if small
+            else f"timm.create_model({encoder['model_name']!r}, **create_model_kwargs)"
+        )
         description = {
             "format": "timm",
             "model_name": encoder["model_name"],
             "create_model_kwargs": kwargs,
-            "load": f"timm.create_model({encoder['model_name']!r}, **create_model_kwargs)"
-            ".load_state_dict(torch.load(path), strict=True)",
+            "small_input": small,
+            "load": f"{create}.load_state_dict(torch.load(path), strict=True)",
         }
         weights = backbone
     elif encoder.get("kind") == "paper":

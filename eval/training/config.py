@@ -75,6 +75,7 @@ BASE_DEFAULTS: dict[str, Any] = {
         "global_dim": 64,  # size of the summary y
         "hidden_dim": 1024,  # hidden width of the MLP to y
         "feature_stage": None,  # timm stage giving the local map; null: TimmEncoder's choice
+        "small_input": False,  # timm ResNets: CIFAR-style stem (3x3 stride-1 conv, no max-pool); ~15x FLOPs
         "kwargs": {},  # passed to timm.create_model (e.g. {drop_path_rate: 0.1}); free-form
     },
     "method": {

@@ -1,0 +1,122 @@
+"""The multi-view DIM (eval/methods/mvdim.py): DIMHead across views, its views, its positives."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+from PIL import Image
+
+import dim_ssl
+from eval.data import dataset_spec
+from eval.methods import MultiViewDIM
+from eval.methods.mvdim import TranslationViews
+
+SHAPE = (1, 32, 32)
+# Deterministic head (no prior's random samples), small critics.
+HEAD = {"estimator": "infonce", "gamma": 0.0, "hidden_dim": 32, "embed_dim": 32}
+
+
+def make_model(**kwargs) -> MultiViewDIM:
+    torch.manual_seed(0)
+    encoder = dim_ssl.PaperEncoder(global_dim=16, in_chans=1, hidden_dim=64)
+    return MultiViewDIM(encoder, num_classes=10, image_shape=SHAPE, head=HEAD, **kwargs)
+
+
+def shifted(x: torch.Tensor, pixels: int) -> torch.Tensor:
+    return torch.roll(x, shifts=pixels, dims=-1)
+
+
+def test_the_loss_is_the_heads_mean_over_ordered_view_pairs():
+    model = make_model(views=3)
+    x = torch.randn(6, *SHAPE)
+    views = [x, shifted(x, 2), x.flip(-1)]
+    step = model.training_loss(views)
+    # By hand, from the same one-pass encoding (BatchNorm statistics over all views).
+    encoded = model.encoder.encode(torch.cat(views))
+    maps, summaries = encoded.feature_map.chunk(3), encoded.y.chunk(3)
+    by_hand = [model.head(maps[a], summaries[b]) for a, b in itertools.permutations(range(3), 2)]
+    assert len(by_hand) == 6
+    assert step.loss.item() == pytest.approx(torch.stack([o.loss for o in by_hand]).mean().item(), rel=1e-6)
+    assert step.terms["local_mi"].item() == pytest.approx(torch.stack([o.local_mi for o in by_hand]).mean().item())
+    # Not the same-view objective: the head on (map of a view, its own summary) differs.
+    same_view = torch.stack([model.head(maps[a], summaries[a]).loss for a in range(3)]).mean()
+    assert abs(same_view.item() - step.loss.item()) > 1e-4
+
+
+def test_the_positive_is_the_same_image_across_views():
+    # Trained on pairs (image, image shifted by 2 pixels), the bound must be lower when the
+    # second view of each image is swapped with another image's: the positives are then wrong.
+    model = make_model(optimizer={"lr": 1e-3})
+    generator = torch.Generator().manual_seed(1)
+    x = torch.randn(16, *SHAPE, generator=generator)
+    views = [x, shifted(x, 2)]
+    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+    for _ in range(40):
+        optimizer.zero_grad()
+        model.training_loss(views).loss.backward()
+        optimizer.step()
+    model.eval()
+    swapped = [x, shifted(x, 2)[torch.roll(torch.arange(16), 1)]]
+    with torch.no_grad():
+        matched_mi = model.training_loss(views).terms["local_mi"].item()
+        swapped_mi = model.training_loss(swapped).terms["local_mi"].item()
+    assert matched_mi > swapped_mi + 0.5, (matched_mi, swapped_mi)
+
+
+def test_views_count_and_refusals():
+    model = make_model(views=3)
+    assert model.num_views == 3
+    x = torch.randn(4, *SHAPE)
+    with pytest.raises(ValueError, match="3 views per image"):
+        model.training_step(([x, x], torch.zeros(4, dtype=torch.long)), 0)
+    with pytest.raises(ValueError, match="at least 2 views"):
+        make_model(views=1)
+
+
+def test_translation_views_move_and_flip_grayscale_images_without_changing_their_values():
+    image = Image.fromarray((torch.arange(32 * 32) % 251).view(32, 32).to(torch.uint8).numpy(), mode="L")
+    views = TranslationViews(input_size=32, num_views=2, max_shift=4, hf_prob=0.5, colour=False)(image)
+    original = set(torch.tensor(list(image.getdata())).tolist())
+    assert len(views) == 2
+    for view in views:
+        assert view.shape == (1, 32, 32)
+        # Translation with reflection and flips only move pixels: no new grey levels (no jitter).
+        assert set((view * 255).round().long().flatten().tolist()) <= original
+    with pytest.raises(ValueError, match="num_views >= 2"):
+        TranslationViews(num_views=1)
+
+
+def test_the_methods_own_transform_gives_its_views_of_a_dataset_image():
+    model = make_model(views=3, transform={"max_shift": 2})
+    transform = model.train_transform(dataset_spec("digits"), 32, 1)
+    image = torch.randint(0, 17, (8, 8), dtype=torch.uint8)
+    views = transform(image)
+    assert len(views) == 3 and all(v.shape == SHAPE for v in views)
+    colour = model.view_options(3)
+    assert colour["colour"] is True and colour["max_shift"] == 2 and model.view_options(1)["colour"] is False
+
+
+def test_simclr_plus_dim_is_ntxent_plus_lam_times_dims_local_term():
+    from eval.methods import SimCLRDIM
+
+    torch.manual_seed(0)
+    encoder = dim_ssl.PaperEncoder(global_dim=16, in_chans=1, hidden_dim=64)
+    model = SimCLRDIM(
+        encoder, 10, SHAPE, dim_weight=0.5, hidden_dim=32, output_dim=16, head={"hidden_dim": 32, "embed_dim": 32}
+    )
+    assert (model.head.alpha, model.head.beta, model.head.prior_matching) == (0.0, 1.0, None)
+    assert set(model.feature_positions) == {"conv", "fc", "y", "pool", "proj"}  # y is trained here
+    assert all(p.requires_grad for p in encoder.summary_parameters())
+    x = torch.randn(8, *SHAPE)
+    views = [x, x.flip(-1)]
+    step = model.training_loss(views)
+    encoded = encoder.encode(torch.cat(views))
+    z0, z1 = model.projection_head(encoded.pooled).chunk(2)
+    by_hand = model.criterion(z0, z1) + 0.5 * model.head(encoded.feature_map, encoded.y).loss
+    assert step.loss.item() == pytest.approx(by_hand.item(), rel=1e-6)
+    assert step.terms["ntxent"].item() == pytest.approx(model.criterion(z0, z1).item(), rel=1e-6)
+    without = SimCLRDIM(encoder, 10, SHAPE, dim_weight=0.0, hidden_dim=32, output_dim=16)
+    without.projection_head.load_state_dict(model.projection_head.state_dict())
+    assert without.training_loss(views).loss.item() == pytest.approx(step.terms["ntxent"].item(), rel=1e-6)
