@@ -5,5 +5,6 @@ Depends on ``dim_ssl`` through its public API only; ``dim_ssl`` never imports th
 
 from eval.probes.knn import knn_accuracy
 from eval.probes.linear import linear_probe_accuracy
+from eval.probes.mlp import mlp_probe_accuracy
 
-__all__ = ["knn_accuracy", "linear_probe_accuracy"]
+__all__ = ["knn_accuracy", "linear_probe_accuracy", "mlp_probe_accuracy"]

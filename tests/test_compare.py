@@ -118,7 +118,7 @@ def test_a_wall_clock_budget_sets_lightnings_max_time_and_an_epoch_cap(tmp_path)
         ("{budgt: {epochs: 1}}", "did you mean 'compare.budget'"),
         ("{budget: {epochs: 0}}", "compare.budget.epochs must be a whole number >= 1"),
         ("{budget: {seconds: -5}}", "compare.budget.seconds must be a positive number"),
-        ("{probes: [knn, svm]}", "probes must be one or more of knn, linear"),
+        ("{probes: [knn, svm]}", "probes must be one or more of knn, linear, mlp"),
         ("{methods: [{label: A}, {label: a}]}", "name the same output folder"),
         ("{methods: [{overrides: {method.name: dim}}]}", "needs a label"),
         (

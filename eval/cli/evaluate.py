@@ -1,8 +1,9 @@
 """``dim-ssl evaluate CHECKPOINT [--dataset NAME] [--positions P ...]``: probe a checkpoint.
 
 Loads the checkpoint weights-only, extracts the frozen features of a dataset's training and
-test splits (cached beside the run), fits the kNN and linear probes on the training split and
-reports their accuracy on the test split, one row per position (see :mod:`eval.experiments.evaluate`).
+test splits (cached beside the run), fits the kNN and linear probes (and the MLP probe, with
+``--probes knn linear mlp``) on the training split and reports their accuracy on the test split,
+one row per position (see :mod:`eval.experiments.evaluate`).
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 import argparse
 
 from eval.cli.guard import run_guarded
-from eval.experiments.evaluate import evaluate_checkpoint
+from eval.experiments.evaluate import PROBE_NAMES, evaluate_checkpoint
 
 
 def _positive(text: str) -> int:
@@ -32,7 +33,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="P",
         help="feature positions (default: all the method has; DIM: conv fc y pool, SimCLR/MoCo/BYOL: conv pool proj)",
     )
-    parser.add_argument("--probes", nargs="+", default=["knn", "linear"], choices=["knn", "linear"])
+    parser.add_argument(
+        "--probes",
+        nargs="+",
+        default=["knn", "linear"],
+        choices=list(PROBE_NAMES),
+        help="probes to run (default: knn linear; mlp: the DIM paper's one-hidden-layer classifier)",
+    )
     parser.add_argument("--knn-k", type=_positive, default=200, help="neighbours of the kNN vote (200)")
     parser.add_argument("--knn-temperature", type=float, default=0.1, help="temperature of the kNN vote (0.1)")
     parser.add_argument("--limit-train", type=_positive, help="use the first N training images")

@@ -10,8 +10,8 @@
    budget, with :class:`eval.experiments.curve.ProbeCurve` (kNN accuracy against training time) and
    :class:`eval.experiments.memory.PeakMemory`; then its final checkpoint is loaded weights-only, the
    frozen features of the probe splits are extracted (cached) and probed
-   (:mod:`eval.probes.suite`: kNN and linear probe, trained on the training split, accuracy on the
-   held-out split);
+   (:mod:`eval.probes.suite`: kNN and linear probe, and the MLP probe when listed, trained on the
+   training split, accuracy on the held-out split);
 3. random init: the configuration's encoder as the seed builds it before any training (the
    very weights every method starts from), probed alike;
 4. raw pixels: the normalised input images, flattened, probed alike;
@@ -102,7 +102,7 @@ COMPARE_DEFAULTS: dict[str, Any] = {
         "epochs": None,  # epochs per method
         "seconds": None,  # wall-clock seconds of training per method (probes not counted)
     },  # both null: the configuration's trainer.max_epochs / trainer.max_time_s
-    "probes": ["knn", "linear"],
+    "probes": ["knn", "linear"],  # any of knn, linear, mlp (the DIM paper's one-hidden-layer probe)
     "positions": ["pool"],  # probed for every method that has them (pool: all; DIM: conv, fc, y)
     "knn_k": 200,
     "knn_temperature": 0.1,
@@ -154,6 +154,7 @@ TABLE_COLUMNS: tuple[str, ...] = (
     "position",
     "knn_acc",
     "linear_acc",
+    "mlp_acc",
     "features",
     "images_per_s",
     "wall_clock_s",
@@ -619,6 +620,7 @@ def probe_rows(
                 **{c: result.get(c) for c in settings.columns},
                 "features": feature_dim(features[position]),
                 "linear_l2": result.get("linear_l2"),
+                "mlp_epoch": result.get("mlp_epoch"),
                 **columns,
             }
         )
@@ -676,6 +678,7 @@ def pixel_rows(
         "steps": None,
         "method_name": None,
         "linear_l2": result.get("linear_l2"),
+        "mlp_epoch": result.get("mlp_epoch"),
         **dict(extra or {}),
     }
     return [row], features[1]
@@ -806,7 +809,7 @@ def run_comparison(
         embeddings[RAW_PIXELS] = test_pixels
 
     # ---- files ------------------------------------------------------------------------------
-    columns = [c for c in TABLE_COLUMNS if c not in ("knn_acc", "linear_acc") or c in settings.columns]
+    columns = settings.table_columns(TABLE_COLUMNS)
     title = (
         f"{', '.join(m.label for m in comparison.methods)} on {data.dataset}, {base['encoder']['name']}, "
         f"{budget} per method"

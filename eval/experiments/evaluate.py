@@ -1,4 +1,4 @@
-"""Probe one checkpoint: its frozen features on a dataset, kNN and linear probe at each position.
+"""Probe one checkpoint: its frozen features on a dataset, kNN, linear and MLP probes at each position.
 
 :func:`evaluate_checkpoint` is what ``dim-ssl evaluate`` runs: it loads a checkpoint
 weights-only (:func:`eval.training.checkpoint.model_from_checkpoint`, which rebuilds the method from the
@@ -27,6 +27,7 @@ from typing import Any, Callable, Sequence
 from eval.experiments.plots import plot_embeddings
 from eval.experiments.report import format_markdown_table, write_report
 from eval.probes.suite import (
+    PROBES,
     ProbeSettings,
     feature_dim,
     format_accuracies,
@@ -39,7 +40,10 @@ from eval.probes.suite import (
 from eval.training.checkpoint import load_checkpoint, model_from_checkpoint
 from eval.training.config import dump_config
 
-__all__ = ["evaluate_checkpoint"]
+__all__ = ["PROBE_NAMES", "evaluate_checkpoint"]
+
+#: The probes ``probes=`` (and ``dim-ssl evaluate --probes``) can name.
+PROBE_NAMES: tuple[str, ...] = tuple(PROBES)
 
 COLUMNS = (
     "checkpoint",
@@ -48,6 +52,7 @@ COLUMNS = (
     "position",
     "knn_acc",
     "linear_acc",
+    "mlp_acc",
     "features",
     "train_images",
     "test_images",
@@ -76,7 +81,7 @@ def evaluate_checkpoint(
             checkpoint's image size and channels (grayscale repeated to three channels, colour
             taken to luminance for one).
         positions: Feature positions; default every position the method has.
-        probes: ``"knn"`` and/or ``"linear"``.
+        probes: Any of ``"knn"``, ``"linear"`` and ``"mlp"`` (the DIM paper's one-hidden-layer probe).
         knn_k, knn_temperature: The kNN vote's settings.
         limit_train, limit_test: Use the first N images of each split.
         data_root: Data root; default the checkpoint's ``data.root``.
@@ -141,6 +146,7 @@ def evaluate_checkpoint(
                 "train_images": len(data.train),
                 "test_images": len(data.test),
                 "linear_l2": result.get("linear_l2"),
+                "mlp_epoch": result.get("mlp_epoch"),
             }
         )
 
@@ -160,12 +166,13 @@ def evaluate_checkpoint(
         "pretraining": saved,
     }
     (out / "config.yaml").write_text(dump_config(resolved))
-    columns = [c for c in COLUMNS if c not in ("knn_acc", "linear_acc") or c in settings.columns]
+    columns = settings.table_columns(COLUMNS)
+    details = [key for probe, key in (("linear", "linear_l2"), ("mlp", "mlp_epoch")) if probe in settings.probes]
     files = write_report(
         rows,
         out,
         stem="evaluation",
-        columns=[*columns, "linear_l2"] if "linear" in settings.probes else columns,
+        columns=[*columns, *details],
         title=f"{checkpoint} on {name}",
     )
     files["embeddings"] = plot_embeddings(

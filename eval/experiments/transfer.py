@@ -11,8 +11,8 @@
 3. each target: every model's frozen features of the target's training and test splits, read
    *in the model's input format* (its image size and channels: Fashion-MNIST and digits are
    both 1x32x32; CIFAR-10 and STL-10 models read 3x32x32), probed with the kNN and linear
-   probes trained on the target's training split; plus the random-init encoder and the raw
-   pixels of the target, probed alike;
+   probes (and the MLP probe when listed) trained on the target's training split; plus the
+   random-init encoder and the raw pixels of the target, probed alike;
 4. outputs: ``transfer.md/.csv/.json`` (one row per model, target and position),
    ``embeddings-<target>.png``, ``results.json``, ``config.yaml``.
 
@@ -73,7 +73,7 @@ TRANSFER_DEFAULTS: dict[str, Any] = {
     "methods": None,  # as compare.methods; null: the configuration's own method (none if checkpoints are given)
     "checkpoints": {},  # {label: checkpoint path}: probed as they are, no pretraining
     "budget": {"epochs": None, "seconds": None},  # per method and source; null: the trainer's settings
-    "probes": ["knn", "linear"],
+    "probes": ["knn", "linear"],  # any of knn, linear, mlp
     "positions": ["pool"],
     "knn_k": 200,
     "knn_temperature": 0.1,
@@ -89,6 +89,7 @@ TRANSFER_COLUMNS: tuple[str, ...] = (
     "position",
     "knn_acc",
     "linear_acc",
+    "mlp_acc",
     "features",
     "wall_clock_s",
 )
@@ -346,7 +347,7 @@ def run_transfer(
                 title=f"{target.dataset} test features (pool; pixels for raw pixels)",
             )
 
-    columns = [c for c in TRANSFER_COLUMNS if c not in ("knn_acc", "linear_acc") or c in settings.columns]
+    columns = settings.table_columns(TRANSFER_COLUMNS)
     sources = sorted({m["source"] for m in models})
     title = f"transfer from {', '.join(sources)} to {', '.join(t.dataset for t in transfer.targets)}"
     files.update(write_report(rows, out, stem="transfer", columns=columns, title=title))

@@ -1,4 +1,4 @@
-"""Probing frozen features: the labelled splits a probe reads, and the two probes run alike on any model.
+"""Probing frozen features: the labelled splits a probe reads, and the probes run alike on any model.
 
 Every number in ``dim-ssl compare``, ``evaluate`` and ``transfer`` comes from here, so every
 method, the random-init encoder and the raw pixels are measured the same way:
@@ -8,9 +8,11 @@ method, the random-init encoder and the raw pixels are measured the same way:
 2. :func:`model_features`: the model's frozen features of both splits at one or more
    positions (:func:`eval.probes.features.extract_features`, cached on disk per checkpoint);
 3. :func:`run_probes`: the weighted kNN probe (:func:`eval.probes.knn.knn_accuracy`, FAISS, cosine,
-   Wu et al. 2018) and the linear probe (:func:`eval.probes.linear.linear_probe`, L-BFGS
+   Wu et al. 2018), the linear probe (:func:`eval.probes.linear.linear_probe`, L-BFGS
    logistic regression with its weight decay chosen on a held-out part of the training
-   split) on those features: train on the training split, report top-1 accuracy on the test split.
+   split) and, when asked for, the DIM paper's MLP probe (:func:`eval.probes.mlp.mlp_probe`, one
+   hidden layer of 200 units, early-stopped on the same held-out part) on those features: train
+   on the training split, report top-1 accuracy on the test split.
 
 Example::
 
@@ -37,6 +39,7 @@ from eval.data import HOLDOUT_SPLIT, dataset_spec, load_dataset
 from eval.probes.features import FeatureArrays, extract_features, feature_cache_key, raw_pixel_features
 from eval.probes.knn import knn_accuracy
 from eval.probes.linear import linear_probe
+from eval.probes.mlp import mlp_probe
 
 __all__ = [
     "PROBES",
@@ -54,7 +57,7 @@ __all__ = [
 ]
 
 #: The probes, by name, and the column each one fills.
-PROBES: dict[str, str] = {"knn": "knn_acc", "linear": "linear_acc"}
+PROBES: dict[str, str] = {"knn": "knn_acc", "linear": "linear_acc", "mlp": "mlp_acc"}
 
 #: Feature extraction and probes on at most this many images run on one CPU thread. Their ops
 #: are small (an L-BFGS step on 1,437 x 512 features, a forward of 256 32x32 images), and on a
@@ -95,11 +98,12 @@ class ProbeSettings:
     """Which probes run, and their settings.
 
     Attributes:
-        probes: Names from :data:`PROBES` (``"knn"``, ``"linear"``).
+        probes: Names from :data:`PROBES` (``"knn"``, ``"linear"``, ``"mlp"``).
         knn_k: Neighbours of the kNN vote (200 in Wu et al. and MoCo; clipped to the
             training-set size).
         knn_temperature: Temperature of the ``exp(sim / T)`` vote weights.
-        seed: Seed of the linear probe's held-out split (its only randomness).
+        seed: Seed of the linear and MLP probes' held-out split (the linear probe's only
+            randomness; the MLP probe's weights, batch order and dropout too).
 
     Raises:
         ValueError: An unknown or repeated probe, none at all, ``knn_k < 1`` or a
@@ -124,8 +128,13 @@ class ProbeSettings:
 
     @property
     def columns(self) -> list[str]:
-        """The table columns these probes fill, in order (``knn_acc``, ``linear_acc``)."""
+        """The table columns these probes fill, in order (``knn_acc``, ``linear_acc``, ``mlp_acc``)."""
         return [PROBES[p] for p in self.probes]
+
+    def table_columns(self, columns: Sequence[str]) -> list[str]:
+        """``columns`` less the accuracy columns of the probes that do not run."""
+        probe_columns = set(PROBES.values())
+        return [c for c in columns if c not in probe_columns or c in self.columns]
 
 
 @dataclass
@@ -290,8 +299,9 @@ def run_probes(train: FeatureArrays, test: FeatureArrays, settings: ProbeSetting
     """Top-1 test accuracy of each probe of ``settings``, trained on ``train``.
 
     Returns:
-        ``{"knn_acc": ..., "linear_acc": ...}`` (the probes asked for), plus ``linear_l2``, the
-        weight decay the linear probe chose on its held-out split.
+        ``{"knn_acc": ..., "linear_acc": ..., "mlp_acc": ...}`` (the probes asked for), plus
+        ``linear_l2``, the weight decay the linear probe chose on its held-out split, and
+        ``mlp_epoch``, the epoch the MLP probe chose on it.
     """
     (train_x, train_y), (test_x, test_y) = train, test
     with probe_threads(len(train_x) + len(test_x)):
@@ -308,20 +318,23 @@ def _probe(train_x: Any, train_y: Any, test_x: Any, test_y: Any, settings: Probe
                     train_x, train_y, test_x, test_y, k=int(settings.knn_k), temperature=float(settings.knn_temperature)
                 )
             )
-        else:
+        elif probe == "linear":
             fitted = linear_probe(train_x, train_y, test_x, test_y, seed=settings.seed)
             result["linear_acc"] = float(fitted.accuracy)
             result["linear_l2"] = float(fitted.l2)
+        else:
+            trained = mlp_probe(train_x, train_y, test_x, test_y, seed=settings.seed)
+            result["mlp_acc"] = float(trained.accuracy)
+            result["mlp_epoch"] = int(trained.epoch)
     return result
 
 
 def format_accuracies(result: Mapping[str, Any]) -> str:
-    """``kNN 0.912 | linear 0.934`` for progress lines."""
+    """``kNN 0.912 | linear 0.934 | MLP 0.941`` for progress lines."""
     parts = []
-    if "knn_acc" in result:
-        parts.append(f"kNN {result['knn_acc']:.3f}")
-    if "linear_acc" in result:
-        parts.append(f"linear {result['linear_acc']:.3f}")
+    for key, name in (("knn_acc", "kNN"), ("linear_acc", "linear"), ("mlp_acc", "MLP")):
+        if key in result:
+            parts.append(f"{name} {result[key]:.3f}")
     return " | ".join(parts)
 
 
