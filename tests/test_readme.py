@@ -20,3 +20,12 @@ def test_readme_training_loop_runs(capsys):
     assert math.isfinite(out.loss.item())
     assert math.isfinite(out.local_mi.item())
     assert "local MI" in capsys.readouterr().out
+
+
+def test_readme_multi_view_loop_runs(capsys):
+    blocks = python_blocks()
+    assert len(blocks) >= 2, "README.md has no multi-view block"
+    namespace: dict = {}
+    exec(compile(blocks[1], str(README), "exec"), namespace)
+    assert namespace["step"] == 4 and math.isfinite(namespace["loss"].item())
+    assert "cross-view local MI" in capsys.readouterr().out
