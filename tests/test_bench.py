@@ -9,6 +9,22 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
+TINY_PAPER = [
+    "--backbone",
+    "paper",
+    "--image-size",
+    "32",
+    "--batch-size",
+    "4",
+    "--channels",
+    "1",
+    "--rounds",
+    "1",
+    "--steps",
+    "1",
+    "--warmup",
+    "0",
+]
 TINY = [
     "--backbone",
     "test_resnet",
@@ -48,7 +64,7 @@ def test_bench_runs_every_method_and_writes_json_csv_and_table(tmp_path):
     assert set(report["methods"]) == set(CASES) and set(DEFAULT_CASES) <= set(CASES)
     for name, method in report["methods"].items():
         assert method["images_per_s"] > 0 and method["views"] == (
-            2 if name.startswith(("simclr", "moco", "byol")) else 1
+            2 if name.startswith(("simclr", "moco", "byol", "mvdim")) else 1
         )
         assert method["ratio_to_floor"] > 0 and method["ratio_to_simclr"] > 0
         assert method["peak_memory_mib"] is None or method["peak_memory_mib"] > 0
@@ -94,3 +110,13 @@ def test_unknown_method_is_a_clear_error(tmp_path, capsys):
 
     assert main(["bench", *TINY, "--methods", "nonesuch", "--out", str(tmp_path)]) == 2
     assert "dim-ssl bench: error: unknown method(s) nonesuch" in capsys.readouterr().err
+
+
+def test_bench_runs_on_the_paper_encoder_and_a_small_input_stem(tmp_path):
+    paper = dim_ssl(*TINY_PAPER, "--no-rss", "--no-memory", "--methods", "backbone,dim_l_jsd_dot", tmp_path=tmp_path)
+    assert paper.returncode == 0, paper.stderr[-3000:]
+    assert json.loads((tmp_path / "bench.json").read_text())["config"]["backbone"] == "paper"
+    small = dim_ssl(*TINY, "--small-input", "--no-rss", "--no-memory", "--methods", "backbone,mvdim", tmp_path=tmp_path)
+    assert small.returncode == 0, small.stderr[-3000:]
+    report = json.loads((tmp_path / "bench.json").read_text())
+    assert report["config"]["small_input"] is True and report["methods"]["mvdim"]["views"] == 2

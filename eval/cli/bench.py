@@ -37,7 +37,16 @@ from eval.experiments.bench import (
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--backbone", default="resnet18", help="timm model name (default: resnet18)")
+    parser.add_argument(
+        "--backbone",
+        default="resnet18",
+        help="timm model name, or paper (the DIM paper's 32x32 encoder) (default: resnet18)",
+    )
+    parser.add_argument(
+        "--small-input",
+        action="store_true",
+        help="timm ResNets: the small-image stem (3x3 stride-1 first conv, no max-pool)",
+    )
     parser.add_argument("--batch-size", type=int, default=256, help="images per step (default: 256)")
     parser.add_argument("--image-size", type=int, default=32, help="square input size (default: 32)")
     parser.add_argument("--channels", type=int, default=3, help="input channels (default: 3)")
@@ -86,6 +95,7 @@ def run(args: argparse.Namespace) -> int:
     warnings.filterwarnings("ignore", category=UserWarning, module="pytorch_lightning")
     config = BenchConfig(
         backbone=args.backbone,
+        small_input=args.small_input,
         batch_size=args.batch_size,
         image_size=args.image_size,
         channels=args.channels,

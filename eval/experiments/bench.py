@@ -69,6 +69,7 @@ from torch import Tensor, nn
 import dim_ssl
 from eval.experiments.memory import reset_peak_rss, rss_mb
 from eval.methods import get_method
+from eval.methods.encoders import build_encoder
 
 FLOOR = "backbone"
 SIMCLR = "simclr"
@@ -109,6 +110,14 @@ CASES: dict[str, BenchCase] = {
     ),
     "moco_symmetric": BenchCase("lightly MoCo, symmetric loss (both views query and key)", "moco"),
     "byol": BenchCase("lightly BYOL: 2 views, momentum target + projection and prediction heads", "byol"),
+    "mvdim": BenchCase(
+        "multi-view DIM: 2 views, InfoNCE dot critic, each map against the other summary",
+        "mvdim",
+        {"head": {"estimator": "infonce"}},
+    ),
+    "simclr_dim": BenchCase(
+        "SimCLR + DIM's local term (InfoNCE dot critic), lam = 1", "simclr+dim", {"head": {"estimator": "infonce"}}
+    ),
 }
 DEFAULT_CASES = (
     FLOOR,
@@ -126,7 +135,8 @@ DEFAULT_CASES = (
 class BenchConfig:
     """What ``run_bench`` measures; the command line's options one to one."""
 
-    backbone: str = "resnet18"
+    backbone: str = "resnet18"  # a timm model, or "paper" (the DIM paper's 32x32 encoder)
+    small_input: bool = False  # timm ResNets: the small-image stem
     batch_size: int = 256
     image_size: int = 32
     channels: int = 3
@@ -178,16 +188,23 @@ def build_case(name: str, config: BenchConfig) -> Trainee:
     is their ``training_loss`` (the online classifier and logging are left out).
     """
     torch.manual_seed(config.seed)
-    encoder = dim_ssl.TimmEncoder(
-        config.backbone, global_dim=config.global_dim, in_chans=config.channels, input_size=config.image_size
-    )
+    section = {
+        "name": config.backbone,
+        "global_dim": config.global_dim,
+        "hidden_dim": 1024,
+        "feature_stage": None,
+        "small_input": config.small_input,
+        "kwargs": {},
+    }
+    encoder = build_encoder(section, config.channels, config.image_size)
     case = CASES[name]
     if case.method is None:
+        summary = set(encoder.summary_parameters())
         return Trainee(
-            encoder.backbone,
-            list(encoder.backbone.parameters()),
+            encoder,
+            [p for p in encoder.parameters() if p not in summary],
             lambda views: encoder.pool(views[0]).mean(),
-            "timm backbone",
+            "backbone (pooled features)",
         )
     method = get_method(case.method)
     module = method(
