@@ -10,7 +10,15 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from eval.data import dataset_labels, dataset_spec, load_dataset, make_transform, read_idx
+from eval.data import (
+    ImageArrayDataset,
+    StagedTransform,
+    dataset_labels,
+    dataset_spec,
+    load_dataset,
+    make_transform,
+    read_idx,
+)
 from eval.data import datasets as data
 from eval.errors import DatasetNotFoundError
 
@@ -193,6 +201,61 @@ def test_colour_to_grey_and_bad_channels():
     assert out.shape == (1, 16, 16)
     with pytest.raises(ValueError, match="channels must be 1 or 3; got 2"):
         make_transform(spec, channels=2)
+
+
+def _items(dataset, count, seed=0):
+    torch.manual_seed(seed)
+    return [dataset[i][0] for i in range(count)]
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"dataset": "cifar10", "channels": 1, "image_size": 16},  # luminance, then a resize
+        {"dataset": "cifar10", "train_transform": True},  # a random crop and flip follow
+        {"dataset": "digits", "image_size": 32},  # 8x8 resized up
+    ],
+)
+def test_prepared_in_memory_images_equal_the_per_image_transform(options, monkeypatch):
+    # In-memory datasets compute a transform's fixed stage once, batched; every item, augmented
+    # ones included (same seed), must be what the transform gives on that image alone.
+    options = dict(options)
+    name = options.pop("dataset")
+    if name == "cifar10":
+        images = torch.randint(0, 256, (300, 3, 32, 32), dtype=torch.uint8)
+        spec = dataset_spec(name)
+        transform = make_transform(
+            spec, options.get("image_size"), options.get("channels"), train=options.get("train_transform", False)
+        )
+        dataset = ImageArrayDataset(images, torch.zeros(300, dtype=torch.long), transform)
+    else:
+        dataset = load_dataset(name, "train", **options)
+    assert isinstance(dataset.transform, StagedTransform)
+    assert dataset.prepare() and dataset._prepared is not None
+    prepared = _items(dataset, 40)
+    dataset._prepared_row[:] = -1  # forget: every item from the raw image
+    per_image = _items(dataset, 40)
+    assert all(torch.equal(a, b) for a, b in zip(prepared, per_image))
+    assert all(type(a) is torch.Tensor for a in prepared)
+
+
+def test_load_dataset_prepares_only_the_images_a_subset_reads():
+    held = load_dataset("digits", "train", holdout=300, limit=50)
+    base = held.dataset.dataset
+    rows = base._prepared_row
+    chosen = [held.dataset.indices[i] for i in held.indices]
+    assert (rows[chosen] >= 0).all() and int((rows >= 0).sum()) == 50
+    assert torch.equal(held[7][0], make_transform(dataset_spec("digits"))(base.images[chosen[7]]))
+
+
+def test_prepare_declines_what_it_cannot_or_should_not_hold():
+    images = torch.randint(0, 256, (20, 1, 8, 8), dtype=torch.uint8)
+    plain = ImageArrayDataset(images, torch.zeros(20, dtype=torch.long), lambda x: x.float())
+    assert not plain.prepare()  # not a StagedTransform: nothing is known to be fixed
+    staged = ImageArrayDataset(images, torch.zeros(20, dtype=torch.long), make_transform(dataset_spec("digits")))
+    assert not staged.prepare(max_bytes=20 * 32 * 32 * 4 - 1)  # one byte short: per image
+    assert staged._prepared is None
+    assert staged.prepare(max_bytes=20 * 32 * 32 * 4)
 
 
 # ---- fashion-mnist

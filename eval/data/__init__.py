@@ -10,11 +10,13 @@ from eval.data.datasets import (
     DatasetSpec,
     ImageArrayDataset,
     InputFormat,
+    StagedTransform,
     dataset_labels,
     dataset_spec,
     default_data_root,
     load_dataset,
     make_transform,
+    prepare_in_memory,
     read_idx,
 )
 from eval.data.info import DataInfo
@@ -27,10 +29,12 @@ __all__ = [
     "DatasetSpec",
     "ImageArrayDataset",
     "InputFormat",
+    "StagedTransform",
     "dataset_labels",
     "dataset_spec",
     "default_data_root",
     "load_dataset",
     "make_transform",
+    "prepare_in_memory",
     "read_idx",
 ]

@@ -59,11 +59,13 @@ __all__ = [
     "DatasetSpec",
     "ImageArrayDataset",
     "InputFormat",
+    "StagedTransform",
     "dataset_labels",
     "dataset_spec",
     "default_data_root",
     "load_dataset",
     "make_transform",
+    "prepare_in_memory",
     "read_idx",
 ]
 
@@ -245,14 +247,44 @@ def make_transform(
 
     input_format = InputFormat.of(spec, image_size, channels)
     size, mean, std = input_format.size, input_format.mean, input_format.std
-    steps = input_format.steps()
+    augment: list[Any] = []
     if train:
         if crop:
-            steps.append(v2.RandomCrop(size, padding=max(size // 8, 1)))
+            augment.append(v2.RandomCrop(size, padding=max(size // 8, 1)))
         if spec.hflip if flip is None else flip:
-            steps.append(v2.RandomHorizontalFlip())
-    steps += [v2.Normalize(mean=list(mean), std=list(std)), v2.ToPureTensor()]
-    return v2.Compose(steps)
+            augment.append(v2.RandomHorizontalFlip())
+    normalize = [v2.Normalize(mean=list(mean), std=list(std)), v2.ToPureTensor()]
+    if not augment:  # deterministic from start to end: all of it can be computed once
+        return StagedTransform(v2.Compose(input_format.steps() + normalize))
+    # Normalised after the crop, so that its zero padding is black, not the mean.
+    return StagedTransform(v2.Compose(input_format.steps() + [v2.ToPureTensor()]), v2.Compose(augment + normalize))
+
+
+class StagedTransform:
+    """A transform in two stages: ``fixed``, the same for every call, then ``random``.
+
+    Called on one image it applies both. An in-memory dataset (:class:`ImageArrayDataset`)
+    applies ``fixed`` once to all its images together, as one batched tensor operation, and
+    then only ``random`` per item: the format change (to float, channels, size), and for a
+    deterministic transform everything, is then not recomputed for every image of every epoch.
+    ``fixed`` must therefore accept a batch (N, C, H, W) and treat its images independently
+    (torchvision's v2 tensor transforms do) and draw nothing at random.
+
+    Args:
+        fixed: Raw image tensor (C, H, W) or batch (N, C, H, W) -> model format.
+        random: The per-call rest (augmentation, views); ``None`` when there is none.
+    """
+
+    def __init__(self, fixed: Callable[[Any], Any], random: Callable[[Any], Any] | None = None) -> None:
+        self.fixed = fixed
+        self.random = random
+
+    def __call__(self, image: Any) -> Any:
+        prepared = self.fixed(image)
+        return prepared if self.random is None else self.random(prepared)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(fixed={self.fixed}, random={self.random})"
 
 
 @dataclass(frozen=True)
@@ -324,6 +356,11 @@ def _fit_steps(spec: DatasetSpec, size: int) -> list[Any]:
 # Datasets
 
 
+# Prepared (format-changed) images an in-memory dataset may hold, and the batch it prepares at once.
+PREPARED_MAX_BYTES = 2 << 30
+PREPARE_CHUNK = 4096
+
+
 class ImageArrayDataset(Dataset):
     """Images held in one tensor, labels in another: the in-memory datasets' common form.
 
@@ -350,15 +387,50 @@ class ImageArrayDataset(Dataset):
         self.targets = torch.as_tensor(targets, dtype=torch.long)
         self.transform = transform
         self.classes = list(classes) if classes is not None else None
+        # Rows whose fixed stage is computed already (see prepare): row of index i, or -1.
+        self._prepared: torch.Tensor | None = None
+        self._prepared_row = torch.full((len(self.targets),), -1, dtype=torch.long)
 
     def __len__(self) -> int:
         return len(self.targets)
 
     def __getitem__(self, index: int) -> tuple[Any, int]:
-        image = self.images[index]
-        if self.transform is not None:
-            image = self.transform(image)
+        transform = self.transform
+        row = int(self._prepared_row[index])
+        if row >= 0 and isinstance(transform, StagedTransform):
+            image = self._prepared[row]  # type: ignore[index]
+            if transform.random is not None:
+                image = transform.random(image)
+        else:
+            image = self.images[index]
+            if transform is not None:
+                image = transform(image)
         return image, int(self.targets[index])
+
+    def prepare(self, indices: Sequence[int] | None = None, max_bytes: int = PREPARED_MAX_BYTES) -> bool:
+        """Computes the fixed stage of a :class:`StagedTransform` once for the given images.
+
+        Batched, in chunks; later ``dataset[i]`` for those images applies only the random
+        stage, with the same result as before. Does nothing (and returns ``False``) for other
+        transforms, or when the prepared images would take more than ``max_bytes``.
+
+        Args:
+            indices: The images that will be read (all by default).
+            max_bytes: Memory the prepared images may take.
+        """
+        if not isinstance(self.transform, StagedTransform):
+            return False
+        chosen = torch.arange(len(self)) if indices is None else torch.as_tensor(list(indices), dtype=torch.long)
+        if len(chosen) == 0:
+            return False
+        first = self.transform.fixed(self.images[chosen[:1]])
+        if first.element_size() * first[0].numel() * len(chosen) > max_bytes:
+            return False
+        chunks = [self.transform.fixed(self.images[part]) for part in chosen.split(PREPARE_CHUNK)]
+        self._prepared = torch.cat([chunk.as_subclass(torch.Tensor) for chunk in chunks])
+        self._prepared_row = torch.full((len(self),), -1, dtype=torch.long)
+        self._prepared_row[chosen] = torch.arange(len(chosen))
+        return True
 
 
 def load_dataset(
@@ -431,7 +503,18 @@ def load_dataset(
         dataset = _load_torchvision(spec, source_split, data_root, transform, download)
     if holdout:
         dataset = _carve(dataset, holdout, keep_holdout=split == HOLDOUT_SPLIT)
-    return _limit(dataset, limit, limit_seed)
+    dataset = _limit(dataset, limit, limit_seed)
+    prepare_in_memory(dataset)
+    return dataset
+
+
+def prepare_in_memory(dataset: Dataset) -> bool:
+    """:meth:`ImageArrayDataset.prepare` for the images a dataset (or a ``Subset`` of one) reads."""
+    indices: list[int] | None = None
+    while isinstance(dataset, Subset):
+        indices = list(dataset.indices) if indices is None else [dataset.indices[i] for i in indices]
+        dataset = dataset.dataset
+    return isinstance(dataset, ImageArrayDataset) and dataset.prepare(indices)
 
 
 def _carve(dataset: Dataset, holdout: int, keep_holdout: bool) -> Subset:

@@ -44,13 +44,16 @@ __all__ = ["MultiViewDIM", "TranslationViews"]
 
 
 class TranslationViews(MultiViewTransform):
-    """Views of a PIL image by small translations, flips and, for colour images, colour changes.
+    """Views of an image (a PIL image, or a tensor: uint8, or float in [0, 1]) by small
+    translations, flips and, for colour images, colour changes.
 
     Each view: pad ``max_shift`` pixels by reflection and crop ``input_size`` at a random
     place (a translation of up to ``max_shift`` pixels with no black border), a horizontal flip
     with probability ``hf_prob``, then for colour images colour jitter (probability ``cj_prob``,
     strength ``cj_strength`` as in SimCLR: brightness, contrast, saturation ``0.8 * s``, hue
-    ``0.2 * s``) and grayscale with probability ``random_gray_scale``; to a tensor, normalised.
+    ``0.2 * s``) and grayscale with probability ``random_gray_scale``; to a float tensor,
+    normalised. It takes tensors (``takes_tensors``), so the harness hands it the prepared
+    float image without a round trip through PIL's 8 bits.
     The augmentation of the multi-view DIM experiment in the DIM-family issue (translation up to
     4 pixels with reflection and a flip) is the default for grayscale images.
 
@@ -63,6 +66,8 @@ class TranslationViews(MultiViewTransform):
         cj_prob, cj_strength, random_gray_scale: Colour jitter and grayscale, colour images only.
         normalize: ``{"mean": [...], "std": [...]}``.
     """
+
+    takes_tensors = True
 
     def __init__(
         self,
@@ -87,10 +92,10 @@ class TranslationViews(MultiViewTransform):
             s = cj_strength
             jitter = v2.ColorJitter(0.8 * s, 0.8 * s, 0.8 * s, 0.2 * s)
             steps += [v2.RandomApply([jitter], p=cj_prob), v2.RandomGrayscale(random_gray_scale)]
-        steps += [v2.PILToTensor(), v2.ToDtype(torch.float32, scale=True)]
+        steps += [v2.ToImage(), v2.ToDtype(torch.float32, scale=True)]
         if normalize is not None:
             steps.append(v2.Normalize(list(normalize["mean"]), list(normalize["std"])))
-        view = v2.Compose(steps)
+        view = v2.Compose([*steps, v2.ToPureTensor()])
         super().__init__(transforms=[view] * num_views)
 
 

@@ -21,7 +21,7 @@ from torch import Tensor, nn
 from torchvision.transforms import v2
 
 from dim_ssl import DIMEncoder, EncoderOutput
-from eval.data import DatasetSpec, InputFormat
+from eval.data import DatasetSpec, InputFormat, StagedTransform
 from eval.methods.base import MethodModule
 
 __all__ = [
@@ -53,31 +53,37 @@ LIGHTLY_CIFAR10: dict[str, dict[str, Any]] = {
 SMALL_IMAGE_SIZE = 32
 
 
-class TwoViewTransform:
+class TwoViewTransform(StagedTransform):
     """Raw image -> list of augmented, normalised views, with lightly's multi-view transform.
 
     Our datasets hand out raw tensors (uint8 or float, 1 or 3 channels, native size), while
     lightly's view transforms are written for PIL images (its Gaussian blur round-trips every
-    tensor through PIL anyway). ``prepare`` brings the raw image to the channels and size the
-    models see (exactly as :func:`eval.data.make_transform`'s evaluation transform does, so
-    training views and probe inputs share their geometry) and hands a PIL image ("L" or
-    "RGB") to ``views``, lightly's transform, which crops, jitters, converts to a tensor and
-    normalises.
+    tensor through PIL anyway). The fixed stage brings the raw image to the channels and size
+    the models see (exactly as :func:`eval.data.make_transform`'s evaluation transform does, so
+    training views and probe inputs share their geometry; an in-memory dataset computes it once
+    for all images, see :class:`eval.data.StagedTransform`); the random stage hands a PIL image
+    ("L" or "RGB") to ``views``, lightly's transform, which crops, jitters, converts to a tensor
+    and normalises. View transforms that take tensors (``takes_tensors = True``, as
+    :class:`eval.methods.mvdim.TranslationViews`) get the float tensor itself, without the PIL
+    round trip.
+
+    Args:
+        prepare: Raw image -> float tensor in [0, 1] at the model's size and channels.
+        views: lightly's ``MultiViewTransform`` (``SimCLRTransform``, ``MoCoV2Transform``, ...).
+        to_pil: Hand ``views`` a PIL image (lightly's transforms) rather than the tensor.
 
     Attributes:
-        prepare: raw image -> PIL image at the model's size and channels.
-        views: lightly's ``MultiViewTransform`` (``SimCLRTransform``, ``MoCoV2Transform``, ...).
+        views: The view transform.
     """
 
-    def __init__(self, prepare: Callable[[Any], Any], views: Callable[[Any], list[Tensor]]) -> None:
-        self.prepare = prepare
+    def __init__(
+        self, prepare: Callable[[Any], Any], views: Callable[[Any], list[Tensor]], to_pil: bool = True
+    ) -> None:
         self.views = views
-
-    def __call__(self, image: Any) -> list[Tensor]:
-        return self.views(self.prepare(image))
+        super().__init__(prepare, v2.Compose([v2.ToPILImage(), views]) if to_pil else views)
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}(prepare={self.prepare}, views={type(self.views).__name__})"
+        return f"{type(self).__name__}(prepare={self.fixed}, views={type(self.views).__name__})"
 
 
 def lightly_two_view_transform(
@@ -107,8 +113,7 @@ def lightly_two_view_transform(
         TypeError, ValueError: An argument ``transform_class`` refuses.
     """
     input_format = InputFormat.of(spec, image_size, channels)
-    steps = input_format.steps()
-    steps.append(v2.ToPILImage())  # float [0, 1] -> 8-bit "L" / "RGB"
+    prepare = v2.Compose([*input_format.steps(), v2.ToPureTensor()])  # float [0, 1]
     recipe = small_image_recipe if input_format.size <= SMALL_IMAGE_SIZE else None
     kwargs: dict[str, Any] = {
         "input_size": input_format.size,
@@ -117,7 +122,8 @@ def lightly_two_view_transform(
         **(recipe or {}),
         **overrides,
     }
-    return TwoViewTransform(v2.Compose(steps), transform_class(**kwargs))
+    to_pil = not getattr(transform_class, "takes_tensors", False)  # float [0, 1] -> 8-bit "L" / "RGB"
+    return TwoViewTransform(prepare, transform_class(**kwargs), to_pil=to_pil)
 
 
 class MultiViewMethod(MethodModule):
