@@ -140,13 +140,16 @@ class JSDEstimator(Estimator):
 
 
 class InfoNCEEstimator(Estimator):
-    """InfoNCE: for every summary ``y_j``, the log-softmax over its candidates, taken at the positive.
+    """InfoNCE: ``log K`` + for every summary ``y_j``, the log-softmax over its K candidates at the positive.
 
-    van den Oord et al. (CPC); Hjelm et al. eq. 5. The candidates of the positive ``(j, j, l)``
-    are the positive and its negatives: the other images at location l, or every location of
-    the other images with ``negatives_across_locations`` (the DIM reference implementation of
-    local InfoNCE). The value is the log-softmax itself, at most 0 (-log K for an
-    uninformative critic with K candidates).
+    van den Oord et al. (CPC): ``I(X; Y) >= log K - L_NCE``, with ``L_NCE`` the cross-entropy of
+    picking the positive among K candidates; Hjelm et al. eq. 5. The candidates of the positive
+    ``(j, j, l)`` are the positive and its negatives: the other images at location l
+    (K = N_all), or every location of the other images with ``negatives_across_locations`` (the
+    DIM reference implementation of local InfoNCE; K = 1 + (N_all - 1) * L), or its one
+    shuffled partner (K = 2). The value lies in ``[log K - inf, log K]``: 0 for an uninformative
+    critic (all scores equal), log K for a perfect one. The ``log K`` is a constant: the
+    gradients are those of the mean log-softmax.
     Statistic: for every summary j, ``logsumexp`` over its negatives, ``(n,)`` across locations
     else ``(n, *rest)``; blocks combine by ``logsumexp``.
     """
@@ -173,7 +176,12 @@ class InfoNCEEstimator(Estimator):
         # log-softmax at the positive, whose candidates are the positive itself and the
         # negatives the statistic summed (broadcast over locations when it spans them).
         negative_lse = statistic.view(*statistic.shape, *([1] * (positive.dim() - statistic.dim())))
-        return (positive - torch.logaddexp(positive, negative_lse)).mean()
+        log_softmax = (positive - torch.logaddexp(positive, negative_lse)).mean()
+        # K: each entry of the statistic is the log-sum-exp over the negatives of one group of
+        # positives that share them, so num_negatives / statistic.numel() are the negatives of
+        # one positive: N_all - 1, (N_all - 1) * L across locations, 1 for shuffled pairs.
+        candidates = 1 + num_negatives // max(1, statistic.numel())
+        return log_softmax + math.log(candidates)
 
 
 class DVEstimator(Estimator):
@@ -238,8 +246,10 @@ def mi_lower_bound(
 
             - jsd: ``mean_pos[log 2 - softplus(-s)] - mean_neg[softplus(s) - log 2]``
             - dv: ``mean_pos[s] - log mean_neg[exp(s)]`` (Donsker-Varadhan, MINE)
-            - infonce: for every summary ``y_j``, the log-softmax over candidates ``x_i`` of
-              ``scores[:, j]`` taken at ``i == j``, averaged over j and locations.
+            - infonce: ``log K`` + for every summary ``y_j``, the log-softmax over the K
+              candidates ``x_i`` of ``scores[:, j]`` taken at ``i == j``, averaged over j and
+              locations (van den Oord et al.'s bound, at most log K; K = N, or
+              ``1 + (N - 1) * L`` with ``negatives_across_locations``).
         negatives_across_locations: InfoNCE only. If True, the candidates for the positive
             ``(j, j, loc)`` are that positive plus every location of every other image,
             ``(N - 1) * M^2`` negatives, as in the DIM reference implementation of local

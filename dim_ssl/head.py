@@ -44,9 +44,12 @@ class DIMOutput:
         loss: the objective to minimise, with gradients for encoder, critics and discriminator;
             the only number that includes the score penalty (``DIMHead(score_penalty=...)``).
         global_mi: the global MI bound in nats (detached); NaN when alpha == 0 (not computed).
-            With ``score_clip`` it is the bound of the clipped critic ``c * tanh(T / c)``.
+            With ``score_clip`` it is the bound of the clipped critic ``c * tanh(T / c)``. 0 for
+            a critic that tells nothing apart; at most 2 log 2 for JSD, log K for InfoNCE (K the
+            candidates of one positive: N, 2 for shuffled pairs), unbounded for DV.
         local_mi: the local MI bound in nats, averaged over locations (detached); NaN when beta == 0.
-            With ``score_clip`` it is the bound of the clipped critic, as ``global_mi``.
+            With ``score_clip`` it is the bound of the clipped critic, as ``global_mi``. InfoNCE
+            with ``negatives="all"`` has K = 1 + (N - 1) * M^2 candidates per positive.
         prior_loss: the prior discriminator's cross-entropy (detached): about log 4 = 1.386 when
             it cannot tell prior samples from the encoder's outputs; NaN without a prior term.
         prior_encoder_loss: the encoder's adversarial loss ``-log D(E(x))`` (detached).

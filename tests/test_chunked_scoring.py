@@ -225,12 +225,20 @@ def test_location_sampling_gives_the_right_shapes_and_finite_values():
 
 
 def test_sampled_infonce_has_n_minus_one_times_num_locations_negatives():
-    # A critic that scores every pair 0 is uninformative: InfoNCE = -log(number of candidates).
-    head = DIMHead(5, 4, estimator="infonce", prior=None, hidden_dim=16, embed_dim=8, num_locations=3)
+    # A critic that scores every pair 0 is uninformative: InfoNCE = log K + log(1 / K) = 0. A
+    # critic that tells every positive apart (one-hot images, scores 100 / sqrt(8) on the
+    # positives, 0 elsewhere) reaches log K, K = 1 + (N - 1) * num_locations candidates.
+    head = DIMHead(6, 6, estimator="infonce", prior=None, gamma=0.0, hidden_dim=16, embed_dim=8, num_locations=3)
     for p in head.parameters():
         nn.init.zeros_(p)
-    out = head(torch.rand(6, 5, 4, 4), torch.randn(6, 4))
-    assert out.local_mi.item() == pytest.approx(-math.log(1 + (6 - 1) * 3), abs=1e-6)
+    feature_map, y = torch.eye(6)[:, :, None, None].expand(6, 6, 4, 4), torch.eye(6)
+    assert head(feature_map, y).local_mi.item() == pytest.approx(0.0, abs=1e-6)
+    with torch.no_grad():
+        head.local_critic.input_net.shortcut.weight[:6, :, 0, 0] = 100 * torch.eye(6)
+        head.local_critic.summary_net.shortcut.weight[:6] = torch.eye(6)
+    assert head(feature_map, y).local_mi.item() == pytest.approx(math.log(1 + (6 - 1) * 3), abs=1e-5)
+    head.num_locations = None  # every location: K = 1 + (N - 1) * M^2
+    assert head(feature_map, y).local_mi.item() == pytest.approx(math.log(1 + (6 - 1) * 16), abs=1e-5)
 
 
 @pytest.mark.parametrize(

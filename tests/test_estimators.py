@@ -43,7 +43,8 @@ def test_dv_2x2_by_hand():
 def test_infonce_2x2_by_hand():
     # column 0 (y_0): candidates x_0 -> 2, x_1 -> 0: 2 - log(e^2 + e^0) = -0.126928
     # column 1 (y_1): candidates x_0 -> -1, x_1 -> 3: 3 - log(e^-1 + e^3) = -0.018149
-    assert mi_lower_bound(SCORES_2X2, "infonce").item() == pytest.approx(-0.072539, abs=1e-5)
+    # mean -0.072539, plus log K = log 2 = 0.693147 (two candidates per positive)
+    assert mi_lower_bound(SCORES_2X2, "infonce").item() == pytest.approx(0.620608, abs=1e-5)
 
 
 SCORES_3X3 = torch.tensor(
@@ -75,7 +76,9 @@ def test_infonce_3x3_by_hand():
     col0 = 1.0 - math.log(math.e**1 + math.e**2 + math.e**0)
     col1 = 0.5 - math.log(math.e**0 + math.e**0.5 + math.e**1)
     col2 = 3.0 - math.log(math.e**-1 + math.e**0 + math.e**3)
-    assert mi_lower_bound(SCORES_3X3, "infonce").item() == pytest.approx((col0 + col1 + col2) / 3, abs=1e-5)
+    # -1.407606, -1.180270, -0.065884: mean -0.884587, plus log K = log 3 = 1.098612
+    assert (col0 + col1 + col2) / 3 + math.log(3) == pytest.approx(0.214026, abs=1e-5)
+    assert mi_lower_bound(SCORES_3X3, "infonce").item() == pytest.approx(0.214026, abs=1e-5)
 
 
 def test_infonce_depends_on_summary_side_softmax_not_input_side():
@@ -116,7 +119,7 @@ def test_infonce_across_locations_by_hand():
             positive = scores[j, j, loc].item()
             negatives = [scores[other, j, m].item() for m in range(2)]
             expected += positive - math.log(math.exp(positive) + sum(math.exp(s) for s in negatives))
-    expected /= 4
+    expected = expected / 4 + math.log(3)  # K = 1 + (N - 1) * 2 locations = 3 candidates
     got = mi_lower_bound(scores, "infonce", negatives_across_locations=True)
     assert got.item() == pytest.approx(expected, abs=1e-6)
 
@@ -144,12 +147,51 @@ def test_perfect_critic_beats_uninformative_critic(estimator):
     assert mi_lower_bound(informative, estimator) > mi_lower_bound(uninformative, estimator) + 0.5
 
 
-def test_uninformative_critic_by_hand():
-    # All scores 0: JSD and DV give 0; InfoNCE gives log(1/N), the log-softmax over N equal candidates.
-    uninformative = torch.zeros(4, 4)
-    assert mi_lower_bound(uninformative, "jsd").item() == pytest.approx(0.0, abs=1e-6)
-    assert mi_lower_bound(uninformative, "dv").item() == pytest.approx(0.0, abs=1e-6)
-    assert mi_lower_bound(uninformative, "infonce").item() == pytest.approx(-math.log(4), abs=1e-6)
+@pytest.mark.parametrize("estimator", list(ESTIMATORS))
+@pytest.mark.parametrize("across", [False, True])
+def test_uninformative_critic_gives_zero(estimator, across):
+    # All scores 0: no bound claims any information. (InfoNCE: log K plus the log-softmax over
+    # K equal candidates, log(1/K); DV and InfoNCE give 0 for any constant, JSD only for 0.)
+    uninformative = torch.full((4, 4, 3), 0.0 if estimator == "jsd" else 0.7)
+    value = mi_lower_bound(uninformative, estimator, negatives_across_locations=across)
+    assert value.item() == pytest.approx(0.0, abs=1e-6)
+    pairs = mi_lower_bound_from_pairs(uninformative[:, 0], uninformative[:, 1], estimator)
+    assert pairs.item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_infonce_is_at_most_log_k_and_reaches_it_for_a_perfect_critic():
+    # K = N candidates, or 1 + (N - 1) * L across locations; a critic that scores its positive
+    # far above every negative puts all the softmax mass there.
+    perfect = (torch.eye(4) * 50).unsqueeze(-1).expand(4, 4, 3)
+    assert mi_lower_bound(perfect, "infonce").item() == pytest.approx(math.log(4), abs=1e-6)
+    across = mi_lower_bound(perfect, "infonce", negatives_across_locations=True)
+    assert across.item() == pytest.approx(math.log(1 + 3 * 3), abs=1e-6)
+    pairs = mi_lower_bound_from_pairs(torch.full((4,), 50.0), torch.zeros(4), "infonce")
+    assert pairs.item() == pytest.approx(math.log(2), abs=1e-6)
+    torch.manual_seed(3)
+    for _ in range(20):
+        scores = torch.randn(5, 5, 2) * 5
+        assert mi_lower_bound(scores, "infonce").item() <= math.log(5) + 1e-6
+
+
+def test_infonce_log_k_changes_the_value_not_the_gradient():
+    torch.manual_seed(4)
+    scores = torch.randn(4, 4, 3, requires_grad=True)
+    value = mi_lower_bound(scores, "infonce", negatives_across_locations=True)
+    (grad,) = torch.autograd.grad(value, scores)
+    log_softmax = torch.log_softmax(
+        torch.cat([scores.diagonal(dim1=0, dim2=1).T.unsqueeze(-1), _negatives_of_each(scores)], dim=-1), dim=-1
+    )[..., 0].mean()
+    (reference,) = torch.autograd.grad(log_softmax, scores)
+    assert value.item() == pytest.approx(log_softmax.item() + math.log(1 + 3 * 3), abs=1e-5)
+    assert torch.allclose(grad, reference, atol=1e-6)
+
+
+def _negatives_of_each(scores: torch.Tensor) -> torch.Tensor:
+    """``(N, L, (N - 1) * L)``: for summary j at location l, every location of every other image."""
+    n = scores.shape[0]
+    rows = [torch.cat([scores[i, j] for i in range(n) if i != j]) for j in range(n)]  # (N - 1) * L each
+    return torch.stack(rows).unsqueeze(1).expand(n, scores.shape[2], -1)
 
 
 @pytest.mark.parametrize("estimator", list(ESTIMATORS))
@@ -193,7 +235,7 @@ def test_pairs_form_matches_hand_values():
     assert mi_lower_bound_from_pairs(positive, negative, "jsd").item() == pytest.approx(jsd, abs=1e-6)
     dv = 2.5 - math.log((math.exp(-1) + 1) / 2)
     assert mi_lower_bound_from_pairs(positive, negative, "dv").item() == pytest.approx(dv, abs=1e-6)
-    nce = ((2 - math.log(math.exp(2) + math.exp(-1))) + (3 - math.log(math.exp(3) + 1))) / 2
+    nce = ((2 - math.log(math.exp(2) + math.exp(-1))) + (3 - math.log(math.exp(3) + 1))) / 2 + LOG2  # K = 2
     assert mi_lower_bound_from_pairs(positive, negative, "infonce").item() == pytest.approx(nce, abs=1e-6)
 
 

@@ -57,7 +57,7 @@ def train_critic_only(head: DIMHead, shared: bool, steps: int = 150) -> tuple[fl
 
 def uninformative_value(head: DIMHead) -> float:
     """The local bound of a critic that scores every pair 0 (all its parameters zero): the floor
-    an estimator sits at without dependence (0 for JSD and DV, -log(candidates) for InfoNCE)."""
+    an estimator sits at without dependence: 0 for each (InfoNCE's log K cancels log(1 / K))."""
     with torch.no_grad():
         for p in head.parameters():
             p.zero_()
@@ -176,12 +176,31 @@ def test_one_backward_reaches_encoder_critics_and_discriminator():
 
 
 def test_the_uninformative_floor_by_hand():
-    # InfoNCE with all negatives: -log(1 + (N - 1) * M^2) candidates; JSD and DV: 0.
-    for estimator, expected in (("infonce", -math.log(1 + (128 - 1) * MAP * MAP)), ("jsd", 0.0), ("dv", 0.0)):
-        head = DIMHead(CHANNELS, GLOBAL_DIM, estimator=estimator, prior=None, hidden_dim=16, embed_dim=8)
-        assert uninformative_value(head) == pytest.approx(expected, abs=1e-5)
-    shuffled = DIMHead(CHANNELS, GLOBAL_DIM, estimator="infonce", negatives="shuffle", prior=None, hidden_dim=16)
-    assert uninformative_value(shuffled) == pytest.approx(-math.log(2), abs=1e-5)
+    # A critic that scores every pair 0 claims no information: 0 for every estimator (InfoNCE:
+    # log K plus the log-softmax over K equal candidates), all negatives or shuffled.
+    for estimator in ESTIMATORS:
+        for negatives in ("all", "shuffle"):
+            head = DIMHead(
+                CHANNELS, GLOBAL_DIM, estimator=estimator, negatives=negatives, prior=None, hidden_dim=16, embed_dim=8
+            )
+            assert uninformative_value(head) == pytest.approx(0.0, abs=1e-5), (estimator, negatives)
+
+
+@pytest.mark.parametrize("negatives,candidates", [("all", 1 + (8 - 1) * MAP * MAP), ("shuffle", 2)])
+def test_infonce_of_a_perfect_critic_is_log_k(negatives, candidates):
+    # One-hot images and summaries, a dot critic scoring 100 / sqrt(8) on the positives and 0
+    # elsewhere: all the softmax mass on the positive, so the bound reaches its ceiling log K,
+    # K = 1 + (N - 1) * M^2 candidates with negatives across locations, 2 for shuffled pairs.
+    head = DIMHead(8, 8, estimator="infonce", negatives=negatives, prior=None, hidden_dim=16, embed_dim=8)
+    with torch.no_grad():
+        for p in head.parameters():
+            p.zero_()
+        head.local_critic.input_net.shortcut.weight[:, :, 0, 0] = 100 * torch.eye(8)
+        head.local_critic.summary_net.shortcut.weight.copy_(torch.eye(8))
+    feature_map, y = torch.eye(8)[:, :, None, None].expand(8, 8, MAP, MAP), torch.eye(8)
+    out = head(feature_map, y)
+    assert out.local_mi.item() == pytest.approx(math.log(candidates), abs=1e-5)
+    assert out.loss.item() == pytest.approx(-math.log(candidates), abs=1e-5)
 
 
 @pytest.mark.parametrize("estimator,critic,negatives", COMBINATIONS)
