@@ -22,6 +22,7 @@ COMMANDS: dict[str, str] = {
     "evaluate": "probe a checkpoint's frozen features: kNN and linear probe, at each position",
     "transfer": "pretrain on one dataset (or take checkpoints), probe on others",
     "bench": "time training steps (images/s, peak memory) of DIM, SimCLR, MoCo, BYOL and the backbone floor",
+    "sweep": "a grid over config keys (e.g. DIM's alpha x beta), each cell trained and probed alike; resumable",
 }
 
 

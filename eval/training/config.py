@@ -90,7 +90,7 @@ BASE_DEFAULTS: dict[str, Any] = {
     },
     "trainer": {
         "max_epochs": 10,
-        "max_time_s": None,  # wall-clock budget in seconds (Lightning's max_time); null: none
+        "max_time_s": None,  # training wall-clock budget, s (Lightning's max_time; validation off the clock)
         "accelerator": "auto",  # auto | cpu | gpu | ...: Lightning's
         "devices": 1,  # Lightning's: 1, 4, "auto", [0, 1]
         "num_nodes": 1,
@@ -106,9 +106,10 @@ BASE_DEFAULTS: dict[str, Any] = {
     },
 }
 
-# Top-level sections that belong to other commands (``dim-ssl compare``, ``dim-ssl transfer``):
-# a pretraining configuration may carry them; resolve_config sets them aside.
-COMMAND_SECTIONS: frozenset[str] = frozenset({"compare", "transfer"})
+# Top-level sections that belong to other commands (``dim-ssl compare``, ``transfer``, ``sweep``;
+# each checks its own section's keys): a pretraining configuration may carry them;
+# resolve_config sets them aside.
+COMMAND_SECTIONS: frozenset[str] = frozenset({"compare", "transfer", "sweep"})
 
 # Dotted paths whose value is a free-form mapping (passed through, not checked key by key).
 FREE_FORM_KEYS: frozenset[str] = frozenset({"encoder.kwargs"})
@@ -352,7 +353,7 @@ def resolve_config(
         ConfigError: Unreadable file, malformed override, unknown key or method, wrong type.
     """
     given = load_yaml(path) if path is not None else copy.deepcopy(dict(base or {}))
-    for section in COMMAND_SECTIONS:  # read by other commands (dim-ssl compare, transfer)
+    for section in COMMAND_SECTIONS:  # read by other commands (dim-ssl compare, transfer, sweep)
         given.pop(section, None)
     user = apply_overrides(given, overrides)
     user = {k: v for k, v in user.items() if k not in COMMAND_SECTIONS}
