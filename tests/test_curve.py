@@ -5,7 +5,7 @@ import time
 import pytest
 from pytorch_lightning.callbacks import Timer
 
-from eval.experiments.curve import give_back_time
+from eval.training.budget import give_back_time
 
 
 def test_probe_time_is_given_back_to_lightnings_timer():

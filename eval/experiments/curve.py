@@ -11,8 +11,9 @@ per image and the others two.
 The time it spends probing is taken out of everything: out of the recorded seconds, out of
 :attr:`ProbeCurve.train_seconds`, and out of Lightning's wall-clock budget (``max_time``), so
 a method trained under a budget of S seconds gets S seconds of training however often it is
-probed. Its random draws (the DataLoader's seed) happen inside ``torch.random.fork_rng``, so a
-run with the curve trains exactly as one without.
+probed. Validation (the online monitors) is off the recorded seconds too, as it is off the
+budget (:mod:`eval.training.budget`). Its random draws (the DataLoader's seed) happen inside
+``torch.random.fork_rng``, so a run with the curve trains exactly as one without.
 """
 
 from __future__ import annotations
@@ -21,14 +22,15 @@ import time
 from typing import Any
 
 import torch
-from pytorch_lightning.callbacks import Callback, Timer
+from pytorch_lightning.callbacks import Callback
 from torch.utils.data import Dataset
 
 from eval.probes.features import extract_features
 from eval.probes.knn import knn_accuracy
 from eval.probes.suite import probe_threads
+from eval.training.budget import give_back_time, timers
 
-__all__ = ["ProbeCurve", "give_back_time"]
+__all__ = ["ProbeCurve"]
 
 
 class ProbeCurve(Callback):
@@ -48,9 +50,10 @@ class ProbeCurve(Callback):
     Attributes:
         points: ``[{"epoch", "step", "seconds", "knn_acc"}, ...]`` in training order; the first
             is the untrained model (0 seconds).
-        train_seconds: Training wall-clock (validation included, probes excluded), set when
+        train_seconds: Training wall-clock (validation and probes excluded), set when
             training ends.
         probe_seconds: Time spent probing.
+        validation_seconds: Time spent validating while training.
 
     Raises:
         ValueError: ``every_n_epochs < 0``.
@@ -76,7 +79,9 @@ class ProbeCurve(Callback):
         self.points: list[dict[str, Any]] = []
         self.train_seconds: float | None = None
         self.probe_seconds = 0.0
+        self.validation_seconds = 0.0
         self._start: float | None = None
+        self._validation_began: float | None = None
 
     # ---- hooks ------------------------------------------------------------------------------
 
@@ -90,7 +95,15 @@ class ProbeCurve(Callback):
 
     def on_train_start(self, trainer: Any, pl_module: Any) -> None:
         self._start = time.monotonic()
-        self.probe_seconds = 0.0
+        self.probe_seconds = self.validation_seconds = 0.0
+
+    def on_validation_start(self, trainer: Any, pl_module: Any) -> None:
+        self._validation_began = None if trainer.sanity_checking else time.monotonic()
+
+    def on_validation_end(self, trainer: Any, pl_module: Any) -> None:
+        if self._validation_began is not None:
+            self.validation_seconds += time.monotonic() - self._validation_began
+            self._validation_began = None
 
     def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
         if self.every_n_epochs and (trainer.current_epoch + 1) % self.every_n_epochs == 0:
@@ -105,10 +118,10 @@ class ProbeCurve(Callback):
     # ---- measuring --------------------------------------------------------------------------
 
     def elapsed(self) -> float:
-        """Training seconds so far, probes excluded."""
+        """Training seconds so far, probes and validation excluded."""
         if self._start is None:
             return 0.0
-        return time.monotonic() - self._start - self.probe_seconds
+        return time.monotonic() - self._start - self.probe_seconds - self.validation_seconds
 
     def _probe_now(self, trainer: Any, pl_module: Any, epoch: int) -> None:
         if not trainer.is_global_zero:
@@ -117,7 +130,7 @@ class ProbeCurve(Callback):
         self._record(trainer, pl_module, seconds=self.elapsed(), epoch=epoch)
         spent = time.monotonic() - began
         self.probe_seconds += spent
-        give_back_time([c for c in trainer.callbacks if isinstance(c, Timer)], spent)
+        give_back_time(timers(trainer), spent)
 
     def _record(self, trainer: Any, pl_module: Any, seconds: float, epoch: int, accuracy: float | None = None) -> None:
         self.points.append(
@@ -150,17 +163,3 @@ class ProbeCurve(Callback):
             test = extract_features(model, self.test, (self.position,), device=device, progress=False)
             (train_x, train_y), (test_x, test_y) = train[self.position], test[self.position]
             return float(knn_accuracy(train_x, train_y, test_x, test_y, k=self.knn_k, temperature=self.knn_temperature))
-
-
-def give_back_time(timers: list[Timer], seconds: float) -> None:
-    """Takes ``seconds`` (time spent probing) out of the training time Lightning's Timers count.
-
-    Lightning's budget (``max_time``) counts from its Timer's start, and the Timer has no pause;
-    its public checkpoint interface sets the training time counted before the start (what a
-    resumed run uses): that time, less ``seconds``, is set here.
-    """
-    for timer in timers:
-        started = timer.start_time("train")
-        if started is not None:
-            counted_before_start = timer.time_elapsed("train") - (time.monotonic() - started)
-            timer.load_state_dict({"time_elapsed": {"train": counted_before_start - seconds}})

@@ -8,9 +8,10 @@ output folder::
     checkpoints/best.ckpt   the best epoch by the online probe (or kNN) accuracy
     metrics.csv             every logged metric (Lightning's CSVLogger), one row per step/epoch
     hparams.yaml            the module's hyperparameters (Lightning's)
-    summary.json            final loss, online probe and kNN accuracy, images/s, wall-clock
+    summary.json            final loss, online probe and kNN accuracy, images, images/s, training and wall-clock time
 
-Budgets are Lightning's: ``trainer.max_epochs`` and ``trainer.max_time_s`` (``max_time``). Same
+Budgets are Lightning's: ``trainer.max_epochs`` and ``trainer.max_time_s`` (``max_time``), the
+latter counting training only (validation runs off the clock: :mod:`eval.training.budget`). Same
 seed, same numbers; an interrupted run resumed with ``--resume`` ends where an uninterrupted
 one ends (see :mod:`eval.training.resume` and :mod:`eval.training.datamodule` for how).
 """
@@ -32,6 +33,7 @@ from pytorch_lightning.callbacks import Callback, ModelCheckpoint
 from eval.data import DataInfo
 from eval.errors import ConfigError, RunError
 from eval.methods import MethodModule, build_method
+from eval.training.budget import MonitorsOffTheClock
 from eval.training.checkpoint import CheckpointMetadata, check_compatible, load_checkpoint
 from eval.training.config import config_diff, dump_config
 from eval.training.datamodule import PretrainDataModule
@@ -168,7 +170,13 @@ def pretrain(
     latest = ModelCheckpoint(dirpath=out / "checkpoints", save_top_k=0, save_last=True, save_on_train_epoch_end=True)
     logger = ResumableCSVLogger(out, keep_below_step=int(checkpoint["global_step"]) if checkpoint else None)
     trainer_kwargs = trainer_arguments(config["trainer"])
-    run_callbacks: list[Callback] = [meter, ExactResume(datamodule, last), CheckpointMetadata(config), *callbacks]
+    run_callbacks: list[Callback] = [
+        meter,
+        MonitorsOffTheClock(),  # max_time_s counts training, not validation
+        ExactResume(datamodule, last),
+        CheckpointMetadata(config),
+        *callbacks,
+    ]
     if trainer_kwargs["enable_progress_bar"]:
         run_callbacks.append(ProgressBar(meter))
     trainer = pl.Trainer(
@@ -212,7 +220,9 @@ def pretrain(
         "final_loss": train_metrics.get("train_loss_epoch"),
         "online_acc": final.get(BEST_METRICS["online"]),
         "knn_acc": final.get(BEST_METRICS["knn"]),
+        "images": int(meter.images),
         "images_per_s": _number(meter.images_per_s),
+        "train_time_s": _number(meter.train_time_s),
         "wall_clock_s": _number(meter.wall_clock_s),
         "world_size": int(trainer.world_size),
         "stopped_by": "max_epochs" if 0 < (trainer.max_epochs or 0) <= trainer.current_epoch else "max_time",
