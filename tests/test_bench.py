@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 REPO = Path(__file__).resolve().parent.parent
 TINY = [
@@ -106,3 +107,36 @@ def test_bench_runs_on_the_paper_encoder_and_a_small_input_stem(tmp_path):
     assert small.returncode == 0, small.stderr[-3000:]
     report = json.loads((tmp_path / "bench.json").read_text())
     assert report["config"]["small_input"] is True and report["methods"]["mvdim"]["views"] == 2
+
+
+# ---- --harness: the harness against a plain loop
+
+
+def test_the_plain_loop_trains_the_configurations_method():
+    from eval.experiments.overhead import _model_and_data, plain_loop
+    from eval.training.config import resolve_config
+    from tests.pretrain_helpers import QUICKSTART, TINY
+
+    config = resolve_config(QUICKSTART, TINY)
+    model, datamodule = _model_and_data(config)
+    before = {name: p.detach().clone() for name, p in model.encoder.named_parameters()}
+    result = plain_loop(model, datamodule, seconds=0.0)  # the warm-up steps and one timed step
+    assert result["steps"] == 1 and result["images_per_s"] > 0
+    moved = [n for n, p in model.encoder.named_parameters() if not torch.equal(before[n], p)]
+    assert len(moved) == len(before)  # the method's loss and optimizer trained every weight
+    again, _ = _model_and_data(config)  # the same seed: each loop starts from the same weights
+    assert all(torch.equal(before[n], p) for n, p in again.encoder.named_parameters())
+
+
+def test_harness_overhead_writes_both_loops_and_refuses_stray_overrides(tmp_path, capsys):
+    from eval.cli import main
+    from tests.pretrain_helpers import QUICKSTART, TINY
+
+    code = main(["bench", "--harness", QUICKSTART, *TINY, "--seconds", "1", "--out", str(tmp_path)])
+    assert code == 0, capsys.readouterr().err
+    result = json.loads((tmp_path / "overhead.json").read_text())
+    assert len(result["plain_images_per_s"]) == 2 and min(result["plain_images_per_s"]) > 0
+    assert result["harness"]["steps"] > 0 and result["harness_vs_plain"] > 0
+    assert "| harness, training clock |" in (tmp_path / "overhead.md").read_text()
+    assert main(["bench", "method.name=dim", "--out", str(tmp_path)]) == 2
+    assert "need --harness CONFIG" in capsys.readouterr().err

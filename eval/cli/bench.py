@@ -5,15 +5,22 @@ alternating the methods over ``--rounds`` and reporting medians, then measures e
 peak memory on one more step (see ``eval.experiments.bench``). Prints a table and writes ``bench.json``,
 ``bench.csv`` and ``bench.md`` (and ``memory_sweep.csv`` with ``--sweep-memory``) to ``--out``.
 
-Example::
+With ``--harness CONFIG`` it measures the harness instead: the configuration's method trained by
+``dim-ssl pretrain`` against a plain PyTorch loop on the same data (``eval.experiments.overhead``),
+writing ``overhead.json`` and ``overhead.md``.
+
+Examples::
 
     dim-ssl bench --backbone resnet18 --batch-size 256 --image-size 32 --rounds 5 --steps 3 --out runs/bench
+    dim-ssl bench --harness configs/family_fmnist.yaml method.name=simclr --seconds 120 --threads 1
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import sys
 import warnings
 from pathlib import Path
 
@@ -34,6 +41,8 @@ from eval.experiments.bench import (
     run_bench,
     write_outputs,
 )
+from eval.experiments.overhead import format_overhead, harness_overhead
+from eval.training.config import resolve_config
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -88,11 +97,29 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="skip unchunked sweep runs estimated above this (default: 6)",
     )
     parser.add_argument("--out", default="runs/bench", help="output folder (default: runs/bench)")
+    parser.add_argument(
+        "--harness",
+        metavar="CONFIG",
+        default=None,
+        help="measure the harness's own cost instead: CONFIG's method by dim-ssl pretrain against a plain loop",
+    )
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help="with --harness: overrides of CONFIG's keys")
+    parser.add_argument(
+        "--seconds", type=float, default=120.0, help="with --harness: training seconds of each loop (default: 120)"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
     os.environ.setdefault("KINETO_LOG_LEVEL", "5")
     warnings.filterwarnings("ignore", category=UserWarning, module="pytorch_lightning")
+    if args.harness is not None:
+        return _run_overhead(args)
+    if args.overrides:
+        print(
+            f"dim-ssl bench: error: key=value overrides ({args.overrides[0]} ...) need --harness CONFIG",
+            file=sys.stderr,
+        )
+        return 2
     config = BenchConfig(
         backbone=args.backbone,
         small_input=args.small_input,
@@ -152,3 +179,26 @@ def _measure(config: BenchConfig, args: argparse.Namespace) -> BenchResult:
         result.sweep = memory_sweep(sweep)
         print("\n" + format_sweep(result.sweep), flush=True)
     return result
+
+
+def _run_overhead(args: argparse.Namespace) -> int:
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if not args.seconds > 0:
+        print(f"dim-ssl bench: error: --seconds must be positive; got {args.seconds}", file=sys.stderr)
+        return 2
+    outcome = run_guarded(
+        "bench",
+        lambda: resolve_config(args.harness, args.overrides),
+        lambda config: harness_overhead(config, args.seconds),
+    )
+    if isinstance(outcome, int):
+        return outcome
+    _, result = outcome
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    table = format_overhead(result)
+    (out / "overhead.json").write_text(json.dumps(result, indent=2) + "\n")
+    (out / "overhead.md").write_text(table + "\n")
+    print("\n" + table + f"\n\nwrote {out / 'overhead.json'}, {out / 'overhead.md'}")
+    return 0

@@ -405,7 +405,9 @@ class MethodModule(pl.LightningModule, ABC):
             )
         return int(total)
 
-    def configure_optimizers(self) -> Any:
+    def build_optimizer(self) -> torch.optim.Optimizer:
+        """The ``optimizer`` section's optimizer over two groups: what the loss trains, and the
+        online classifier at its own rate (no schedule: :meth:`configure_optimizers` adds it)."""
         settings = self.optimizer_settings
         online = set(self.online_classifier.parameters())
         trained = [p for p in self.parameters() if p.requires_grad and p not in online]
@@ -425,6 +427,11 @@ class MethodModule(pl.LightningModule, ABC):
         else:
             adam = torch.optim.AdamW if settings["name"] == "adamw" else torch.optim.Adam
             optimizer = adam(groups, lr=lr, betas=tuple(settings["betas"]), weight_decay=decay)
+        return optimizer
+
+    def configure_optimizers(self) -> Any:
+        settings = self.optimizer_settings
+        optimizer = self.build_optimizer()
         if settings["schedule"] is None:
             return optimizer
         total = self.total_steps()
