@@ -11,7 +11,7 @@ from PIL import Image
 import dim_ssl
 from eval.data import dataset_spec
 from eval.methods import MultiViewDIM
-from eval.methods.mvdim import TranslationViews
+from eval.methods.mvdim import TranslationViews, random_location
 
 SHAPE = (1, 32, 32)
 # Deterministic head (no prior's random samples), small critics.
@@ -63,6 +63,48 @@ def test_the_positive_is_the_same_image_across_views():
         matched_mi = model.training_loss(views).terms["local_mi"].item()
         swapped_mi = model.training_loss(swapped).terms["local_mi"].item()
     assert matched_mi > swapped_mi + 0.5, (matched_mi, swapped_mi)
+
+
+def test_local_to_local_adds_a_random_location_of_one_view_against_the_others_map():
+    model = make_model(local_to_local=0.5)
+    x = torch.randn(6, *SHAPE)
+    views = [x, shifted(x, 2)]
+    torch.manual_seed(3)
+    step = model.training_loss(views)
+    # By hand: the cross-view loss plus 0.5 times the local head on (map of b, a random location
+    # of a), the locations drawn in the same order from the same seed.
+    torch.manual_seed(3)
+    encoded = model.encoder.encode(torch.cat(views))
+    maps, summaries = encoded.feature_map.chunk(2), encoded.y.chunk(2)
+    cross = torch.stack([model.head(maps[a], summaries[b]).loss for a, b in [(0, 1), (1, 0)]]).mean()
+    local = [model.local_head(maps[b], random_location(maps[a])) for a, b in [(0, 1), (1, 0)]]
+    expected = cross + 0.5 * torch.stack([o.loss for o in local]).mean()
+    assert step.loss.item() == pytest.approx(expected.item(), rel=1e-6)
+    assert step.terms["local_to_local_mi"].item() == pytest.approx(
+        torch.stack([o.local_mi for o in local]).mean().item()
+    )
+    # The local head's "summary" is a local feature vector: its width is the map's channels,
+    # and it scores the local term alone.
+    assert model.local_head.alpha == 0 and model.local_head.gamma == 0 and model.local_head.beta == 1
+    assert make_model().local_head is None
+    with pytest.raises(ValueError, match="local_to_local must be a weight >= 0"):
+        make_model(local_to_local=-1.0)
+
+
+def test_random_location_takes_one_location_of_each_images_own_map():
+    n, c, m = 5, 3, 4
+    # Every entry says which image and location it is: value = 100 * image + location.
+    values = (100 * torch.arange(n).view(n, 1, 1) + torch.arange(m * m).view(1, m, m)).float()
+    feature_map = values.unsqueeze(1).expand(n, c, m, m)
+    seen = set()
+    for _ in range(200):
+        picked = random_location(feature_map)
+        assert picked.shape == (n, c)
+        assert (picked == picked[:, :1]).all()  # one location: all channels agree
+        image, location = picked[:, 0].long() // 100, picked[:, 0].long() % 100
+        assert torch.equal(image, torch.arange(n))  # each image's own map
+        seen.update(location.tolist())
+    assert seen == set(range(m * m))  # every location is drawn
 
 
 def test_views_count_and_refusals():

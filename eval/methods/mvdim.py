@@ -22,6 +22,16 @@ and ``gather_distributed`` work unchanged. In a plain loop, with two views from 
 
 Composing ``DIMHead`` calls keeps one implementation of the bounds, the critics, blockwise
 scoring and the DDP gather, all tested on their own; a dedicated module would repeat them.
+
+AMDIM's local-to-local term (``local_to_local > 0``) is a second ``DIMHead`` whose "summary" is
+a local feature vector: for each ordered pair of views (a, b), one location of view a per image,
+drawn at random each step, is scored against every location of view b's map (positives: the
+same image; negatives: the other images). Over the draws it is AMDIM's average over the
+locations of view a, at 1/M^2 of the cost of scoring all of them every step::
+
+    local_head = dim_ssl.DIMHead(C, C, alpha=0.0, beta=1.0, gamma=0.0)      # y is a local vector
+    rows = torch.arange(N); i, j = torch.randint(M, (2, N))
+    loss = loss + lam * local_head(map_b, map_a[rows, :, i, j]).loss
 """
 
 from __future__ import annotations
@@ -34,13 +44,13 @@ from lightly.transforms.multi_view_transform import MultiViewTransform
 from torch import Tensor
 from torchvision.transforms import v2
 
-from dim_ssl import DIMEncoder
+from dim_ssl import DIMEncoder, DIMHead
 from eval.methods.base import StepOutput, by_position
 from eval.methods.dim import HEAD_DEFAULTS, build_head, head_terms, term_values
 from eval.methods.registry import register_method
 from eval.methods.two_view import MultiViewMethod
 
-__all__ = ["MultiViewDIM", "TranslationViews"]
+__all__ = ["MultiViewDIM", "TranslationViews", "random_location"]
 
 
 class TranslationViews(MultiViewTransform):
@@ -111,8 +121,12 @@ class MultiViewDIM(MultiViewMethod):
             :class:`TranslationViews`, e.g. ``{max_shift: 2}``).
         views: Views per image (2: AMDIM's pair).
         head: Keyword arguments of ``dim_ssl.DIMHead`` (missing ones: DIM's defaults).
+        local_to_local: Weight of AMDIM's local-to-local term (0: off): a random location of
+            each view against every location of the other, through a second head with the
+            same estimator, critic and negatives (local term only, no prior).
 
-    Logged terms: those of DIM (``train_local_mi``, ...), averaged over the ordered view pairs.
+    Logged terms: those of DIM (``train_local_mi``, ...), averaged over the ordered view pairs,
+    and ``train_local_to_local_mi`` when that term is on.
     """
 
     # The paper's code, as DIM: Adam, lr 1e-4, betas (0.5, 0.999), no schedule.
@@ -127,15 +141,24 @@ class MultiViewDIM(MultiViewMethod):
         *,
         views: int = 2,
         head: Mapping[str, Any] = HEAD_DEFAULTS,
+        local_to_local: float = 0.0,
         **common: Any,
     ) -> None:
         if views < 2:
             raise ValueError(f"the multi-view DIM needs at least 2 views per image; got views={views}")
+        if not local_to_local >= 0:
+            raise ValueError(f"local_to_local must be a weight >= 0; got {local_to_local}")
         self.num_views = int(views)  # before the base reads it
         super().__init__(encoder, num_classes, image_shape, **common)
         self.head = build_head(encoder, head)
         self.terms = head_terms(self.head)
-        self.track_terms(*self.terms)
+        self.local_to_local = float(local_to_local)
+        self.local_head: DIMHead | None = None
+        if self.local_to_local > 0:
+            settings = {**HEAD_DEFAULTS, **dict(head), "alpha": 0.0, "beta": 1.0, "gamma": 0.0}
+            channels = encoder.feature_channels
+            self.local_head = DIMHead(channels, channels, **settings)
+        self.track_terms(*self.terms, *(("local_to_local_mi",) if self.local_head is not None else ()))
 
     def view_options(self, channels: int) -> dict[str, Any]:
         """:class:`TranslationViews` with this method's view count, colour changes for colour data."""
@@ -153,4 +176,17 @@ class MultiViewDIM(MultiViewMethod):
         terms = {
             name: torch.stack([term_values(out, self.terms)[name] for out in outputs]).mean() for name in self.terms
         }
+        if self.local_head is not None:
+            local = [self.local_head(maps[b], random_location(maps[a])) for a, b in pairs]
+            loss = loss + self.local_to_local * torch.stack([out.loss for out in local]).mean()
+            terms["local_to_local_mi"] = torch.stack([out.local_mi for out in local]).mean()
         return StepOutput(loss, features=by_position(encoded), terms=terms)
+
+
+def random_location(feature_map: Tensor) -> Tensor:
+    """One local feature vector per image, (N, C), at a location drawn uniformly for each image."""
+    n, _, height, width = feature_map.shape
+    rows = torch.arange(n, device=feature_map.device)
+    i = torch.randint(height, (n,), device=feature_map.device)
+    j = torch.randint(width, (n,), device=feature_map.device)
+    return feature_map[rows, :, i, j]
