@@ -43,6 +43,12 @@ SMALL = {
     "byol": {"hidden_dim": 64, "output_dim": 32},
     "mvdim": {"head": {"hidden_dim": 32, "embed_dim": 32}},
     "simclr+dim": {"hidden_dim": 64, "output_dim": 32, "head": {"hidden_dim": 32, "embed_dim": 32}},
+    "moco+dim": {
+        "hidden_dim": 64,
+        "output_dim": 32,
+        "memory_bank_size": 64,
+        "head": {"hidden_dim": 32, "embed_dim": 32},
+    },
 }
 
 # Each known method's ``method`` section, written out from its documented constructor.

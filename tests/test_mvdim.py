@@ -162,3 +162,34 @@ def test_simclr_plus_dim_is_ntxent_plus_lam_times_dims_local_term():
     without = SimCLRDIM(encoder, 10, SHAPE, dim_weight=0.0, hidden_dim=32, output_dim=16)
     without.projection_head.load_state_dict(model.projection_head.state_dict())
     assert without.training_loss(views).loss.item() == pytest.approx(step.terms["ntxent"].item(), rel=1e-6)
+
+
+def test_moco_plus_dim_is_mocos_loss_plus_lam_times_dims_local_term_on_the_query_pass():
+    from eval.methods import MoCo, MoCoDIM
+
+    options = {"hidden_dim": 32, "output_dim": 16, "memory_bank_size": 64}
+
+    def build(method, **extra):
+        torch.manual_seed(0)  # the same encoder, heads and queue for both
+        encoder = dim_ssl.PaperEncoder(global_dim=16, in_chans=1, hidden_dim=64)
+        return method(encoder, 10, SHAPE, **options, **extra)
+
+    moco = build(MoCo)
+    model = build(MoCoDIM, dim_weight=0.5, head={"hidden_dim": 32, "embed_dim": 32})
+    assert (model.head.alpha, model.head.beta, model.head.prior_matching) == (0.0, 1.0, None)
+    assert all(p.requires_grad for p in model.encoder.summary_parameters())  # y is trained here
+    assert not any(p.requires_grad for p in model.encoder_momentum.parameters())  # keys: momentum only
+    x = torch.randn(8, *SHAPE)
+    views = [x, x.flip(-1)]
+    for _ in range(2):  # the second step runs against the queue the first one filled
+        torch.manual_seed(1)  # MoCo's shuffled-BN draws
+        plain = moco.training_loss(views).loss
+        torch.manual_seed(1)
+        step = model.training_loss(views)
+        assert step.terms["moco"].item() == pytest.approx(plain.item(), rel=1e-5)
+        encoded = model.encoder.encode(torch.cat(views))  # the query pass, both views
+        dim = model.head(encoded.feature_map, encoded.y)
+        assert step.loss.item() == pytest.approx(plain.item() + 0.5 * dim.loss.item(), rel=1e-5)
+        assert step.terms["local_mi"].item() == pytest.approx(dim.local_mi.item(), rel=1e-5)
+    with pytest.raises(ValueError, match="dim_weight must be a weight >= 0"):
+        build(MoCoDIM, dim_weight=-1.0)

@@ -115,8 +115,18 @@ CASES: dict[str, BenchCase] = {
         "mvdim",
         {"head": {"estimator": "infonce"}},
     ),
+    "mvdim_l2l": BenchCase(
+        "multi-view DIM + local-to-local term (weight 1), InfoNCE dot critic",
+        "mvdim",
+        {"head": {"estimator": "infonce"}, "local_to_local": 1.0},
+    ),
     "simclr_dim": BenchCase(
         "SimCLR + DIM's local term (InfoNCE dot critic), lam = 1", "simclr+dim", {"head": {"estimator": "infonce"}}
+    ),
+    "moco_dim": BenchCase(
+        "MoCo (symmetric) + DIM's local term (InfoNCE dot critic), lam = 1",
+        "moco+dim",
+        {"head": {"estimator": "infonce"}},
     ),
 }
 DEFAULT_CASES = (

@@ -4,7 +4,8 @@
 - :mod:`eval.methods.two_view`: :class:`TwoViewMethod`, lightly's two-view transforms;
 - one file per method: :mod:`~eval.methods.dim`, :mod:`~eval.methods.mvdim` (multi-view DIM),
   :mod:`~eval.methods.simclr`, :mod:`~eval.methods.simclr_dim` (SimCLR + DIM's local term),
-  :mod:`~eval.methods.moco`, :mod:`~eval.methods.byol`;
+  :mod:`~eval.methods.moco`, :mod:`~eval.methods.moco_dim` (MoCo + DIM's local term),
+  :mod:`~eval.methods.byol`;
 - :mod:`eval.methods.registry`: ``method.name`` -> class, and each method's configuration
   section read from its constructor; :mod:`eval.methods.encoders`: the encoder factory.
 
@@ -15,6 +16,7 @@ from eval.methods.base import MethodModule, StepOutput
 from eval.methods.byol import BYOL
 from eval.methods.dim import DIM
 from eval.methods.moco import MoCo
+from eval.methods.moco_dim import MoCoDIM
 from eval.methods.mvdim import MultiViewDIM
 from eval.methods.registry import METHODS, build_method, get_method, method_schema, register_method
 from eval.methods.simclr import SimCLR
@@ -27,6 +29,7 @@ __all__ = [
     "METHODS",
     "MethodModule",
     "MoCo",
+    "MoCoDIM",
     "MultiViewDIM",
     "SimCLR",
     "SimCLRDIM",

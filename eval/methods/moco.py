@@ -28,7 +28,7 @@ from lightly.models.utils import batch_shuffle, batch_unshuffle, update_momentum
 from lightly.transforms import MoCoV2Transform
 from torch import Tensor
 
-from dim_ssl import DIMEncoder
+from dim_ssl import DIMEncoder, EncoderOutput
 from eval.methods.base import StepOutput
 from eval.methods.momentum import momentum_copy, scheduled_momentum
 from eval.methods.registry import register_method
@@ -119,8 +119,17 @@ class MoCo(TwoViewMethod):
         keys = self.projection_head_momentum(self.encoder_momentum.pool(shuffled))
         return batch_unshuffle(keys, order, distributed=distributed)
 
+    def query_pass(self, x: Tensor) -> tuple[Tensor, EncoderOutput | None]:
+        """The query encoder's pass: pooled features, and the whole encoding when a subclass
+        uses more of it (:class:`~eval.methods.moco_dim.MoCoDIM` scores its map and summary)."""
+        return self.encoder.pool(x), None
+
     def training_loss(self, views: Sequence[Tensor]) -> StepOutput:
         """InfoNCE of each query against its key and the queue (eq. 1 of He et al.)."""
+        return self.moco_loss(views)[0]
+
+    def moco_loss(self, views: Sequence[Tensor]) -> tuple[StepOutput, EncoderOutput | None]:
+        """MoCo's step and the query pass's encoding (from :meth:`query_pass`)."""
         # Move the key encoder first, as lightly's benchmark does (the order is immaterial for
         # the result up to one step).
         m = self.current_momentum()
@@ -129,7 +138,7 @@ class MoCo(TwoViewMethod):
 
         view0, view1 = views[0], views[1]
         if self.symmetric:
-            pooled = self.encoder.pool(torch.cat([view0, view1]))
+            pooled, encoded = self.query_pass(torch.cat([view0, view1]))
             queries = self.projection_head(pooled)  # q0 then q1
             keys = torch.cat([self.keys(view1), self.keys(view0)])  # k1 then k0
             # One call on both directions: the mean over the 2N rows is exactly
@@ -139,6 +148,6 @@ class MoCo(TwoViewMethod):
             # both losses for the same reason).
             loss = self.criterion(queries, keys)
         else:
-            pooled = self.encoder.pool(view0)
+            pooled, encoded = self.query_pass(view0)
             loss = self.criterion(self.projection_head(pooled), self.keys(view1))
-        return StepOutput(loss, features={"pool": pooled}, terms={"momentum": m})
+        return StepOutput(loss, features={"pool": pooled}, terms={"momentum": m}), encoded
