@@ -29,3 +29,14 @@ def test_readme_multi_view_loop_runs(capsys):
     exec(compile(blocks[1], str(README), "exec"), namespace)
     assert namespace["step"] == 4 and math.isfinite(namespace["loss"].item())
     assert "cross-view local MI" in capsys.readouterr().out
+
+
+def test_readme_simclr_plus_dim_loop_runs(capsys):
+    blocks = python_blocks()
+    assert len(blocks) >= 3, "README.md has no SimCLR + DIM block"
+    namespace: dict = {}
+    exec(compile(blocks[2], str(README), "exec"), namespace)
+    assert namespace["step"] == 4 and math.isfinite(namespace["loss"].item())
+    # The DIM head was in the loss: its critics received gradients.
+    assert all(p.grad is not None for p in namespace["head"].local_critic.parameters())
+    assert "SimCLR + DIM loss" in capsys.readouterr().out
