@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import warnings
 from dataclasses import dataclass
 from functools import partial
 from typing import Any, Iterator
@@ -24,7 +25,7 @@ from torch import Tensor, nn
 
 from dim_ssl.critics import DotCritic, get_critic_shape
 from dim_ssl.distributed import _gather_sizes, all_reduce_log_sum_exp, gather_with_grad, world_size
-from dim_ssl.estimators import ReduceNegatives, get_estimator, mi_lower_bound_from_pairs
+from dim_ssl.estimators import ReduceNegatives, get_estimator, in_bound_precision, mi_lower_bound_from_pairs
 from dim_ssl.negatives import gather_locations, shuffled_partners
 from dim_ssl.prior import PRIORS, PriorMatching
 from dim_ssl.scoring import all_pairs_bound_and_mean_square, squared_sum, tanh_clip
@@ -81,7 +82,8 @@ class DIMHead(nn.Module):
             locations, ``(N-1) * M^2`` negatives) or ``"shuffle"`` (one negative per positive,
             the map shuffled across the batch at each location; the only mode for ``"concat"``).
         alpha, beta, gamma: weights of the global, local and prior terms.
-        prior: ``"uniform"`` (sigmoid(y) vs U[0,1]^D), ``"gaussian"`` (y vs N(0, I)) or None.
+        prior: ``"uniform"`` (sigmoid(y) vs U[0,1]^D), ``"gaussian"`` (y vs N(0, I)) or None (no
+            prior term: pass gamma=0 with it, else a warning says gamma acts on nothing).
         gather_distributed: score each rank's summaries against the inputs of every rank
             (negatives from the global batch) with gradients; loss and DDP-averaged gradients
             equal one process on the whole batch when ranks hold equal batch sizes.
@@ -118,7 +120,14 @@ class DIMHead(nn.Module):
         ValueError: for an unknown estimator, critic, negatives mode or prior, ``"concat"`` with
             ``"all"``, negative weights or all weights zero, ``score_clip`` not None nor a finite
             number > 0, ``score_penalty`` not a finite number >= 0; and in ``forward`` for inputs
-            that do not match the head (channels, global size, batch sizes, a batch of one, NaN or inf).
+            that do not match the head (channels, global size, batch sizes, a batch of one, NaN or inf)
+            or that it cannot take (a non-floating dtype; float64 into a float32 head).
+
+    Warns:
+        UserWarning: ``gamma > 0`` with ``prior=None``: no prior term for gamma to weigh.
+
+    Mixed precision: under ``torch.autocast`` (bfloat16 or float16) the critics' products run in
+    low precision while the bounds, the prior losses and ``out.loss`` stay float32.
 
     Examples:
         >>> encoder = dim_ssl.TimmEncoder("resnet18", global_dim=64)
@@ -162,6 +171,15 @@ class DIMHead(nn.Module):
                 raise ValueError(f"{name} must be a finite weight >= 0; got {weight}")
         if alpha == 0 and beta == 0 and (gamma == 0 or prior is None):
             raise ValueError("alpha, beta and gamma are all zero (or gamma without a prior): the head has no objective")
+        if prior is None and gamma > 0:
+            # Not an error: prior=None is how a user turns the prior term off, and gamma keeps its
+            # default 0.1. But a gamma that acts on nothing may be a mistake (prior_loss reads NaN).
+            warnings.warn(
+                f"DIMHead: gamma={gamma} has no effect with prior=None (no prior term; out.prior_loss "
+                "reads NaN). Pass gamma=0 with prior=None, or a prior ('uniform', 'gaussian')",
+                UserWarning,
+                stacklevel=2,
+            )
         for name, size in (("local_channels", local_channels), ("global_dim", global_dim)):
             if size < 1:
                 raise ValueError(f"{name} must be >= 1; got {size}")
@@ -217,14 +235,28 @@ class DIMHead(nn.Module):
     def forward(self, feature_map: Tensor, y: Tensor) -> DIMOutput:
         """Computes the DIM objective for a batch.
 
+        Precision: the critics' and the discriminator's layers run in the head's parameter
+        dtype, or in low precision under ``torch.autocast``; every bound, the prior losses and
+        ``out.loss`` are computed in at least float32 whatever the autocast dtype. Inputs of a
+        lower precision than the head's parameters (float16 or bfloat16 into a float32 head,
+        outside autocast) are cast up to them, which loses nothing; other mismatches are
+        refused (see Raises).
+
         Args:
             feature_map: ``(N, C, M, M)`` local features C(x), post-ReLU as in the paper.
             y: ``(N, D)`` summaries E(x) of the same images.
+
+        Raises:
+            ValueError: for non-floating inputs, inputs of a higher precision than the head's
+                parameters (float64 into a float32 head), and, with ``check_inputs``, inputs
+                that do not match the head (see the class).
         """
+        feature_map, y = self._match_dtype(feature_map, "feature_map"), self._match_dtype(y, "y")
         if self.check_inputs:
             self._check(feature_map, y)
-        nan = y.new_full((), float("nan"))
-        loss = y.new_zeros(())
+        wide = torch.promote_types(y.dtype, torch.float32)  # what the bounds come out in
+        nan = y.new_full((), float("nan"), dtype=wide)
+        loss = y.new_zeros((), dtype=wide)
         global_mi = local_mi = prior_loss = prior_encoder_loss = nan
 
         if self.local_critic is not None:
@@ -336,6 +368,7 @@ class DIMHead(nn.Module):
     ) -> tuple[Tensor, Tensor | None]:
         """The bound of paired scores (shuffled negatives), clipped, and the mean square of the
         raw scores over positives and negatives together (None without a score penalty)."""
+        positive, negative = in_bound_precision(positive), in_bound_precision(negative)
         mean_square = None
         if self.score_penalty > 0:
             mean_square = (squared_sum(positive) + squared_sum(negative)) / (positive.numel() + negative.numel())
@@ -368,6 +401,26 @@ class DIMHead(nn.Module):
         if subset is None:
             return feature_map
         return feature_map.flatten(2).index_select(2, subset).unsqueeze(-1)
+
+    def _match_dtype(self, tensor: Tensor, name: str) -> Tensor:
+        """``tensor`` in a dtype the head's layers take: refuses non-floating inputs, casts a
+        lower precision up to the parameters', refuses a higher one (it would be cut down)."""
+        if not tensor.is_floating_point():
+            raise ValueError(f"{name} must be a floating-point tensor (the encoder's output); got {tensor.dtype}")
+        parameters = next(self.parameters()).dtype
+        if tensor.dtype == parameters:
+            return tensor
+        low = (torch.float16, torch.bfloat16)
+        if torch.is_autocast_enabled(tensor.device.type) and tensor.dtype in (*low, torch.float32):
+            return tensor  # autocast casts what meets the parameters in its products
+        if tensor.dtype in low and parameters not in low:
+            return tensor.to(parameters)  # exact: every half-precision value is a float32 value
+        raise ValueError(
+            f"{name} is {tensor.dtype} but the head's parameters are {parameters}. Pass {parameters} inputs, "
+            f"or convert the head with head.to({tensor.dtype}); for half precision, run encoder and head under "
+            "torch.autocast(device_type, dtype=torch.bfloat16 or torch.float16), which keeps the head's "
+            "parameters and its MI bounds in float32"
+        )
 
     def _check(self, feature_map: Tensor, y: Tensor) -> None:
         if feature_map.dim() != 4:

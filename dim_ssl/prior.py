@@ -92,7 +92,12 @@ class PriorMatching(nn.Module):
         self.discriminator = PriorDiscriminator(global_dim)
 
     def to_prior_space(self, y: Tensor) -> Tensor:
-        """The encoder's summaries where the prior lives: ``sigmoid(y)`` for the uniform prior."""
+        """The encoder's summaries where the prior lives: ``sigmoid(y)`` for the uniform prior.
+
+        In at least float32, as the prior samples are drawn: a bfloat16 sigmoid has 256 levels
+        in [0.5, 1), a grid the discriminator could learn to tell from U[0, 1].
+        """
+        y = y.to(torch.promote_types(y.dtype, torch.float32))
         return torch.sigmoid(y) if self.prior == "uniform" else y
 
     def sample_prior(self, like: Tensor) -> Tensor:
@@ -101,22 +106,30 @@ class PriorMatching(nn.Module):
         return torch.randn_like(like)
 
     def forward(self, y: Tensor) -> PriorLosses:
+        """The three losses of one step of the game, each a float32 (or float64) scalar.
+
+        Only D's matrix products follow the parameters' dtype and autocast; its logits, the
+        softplus cross-entropies and their means run in at least float32.
+        """
         fake = self.to_prior_space(y)
         real = self.sample_prior(fake)
+        # D sees its own parameters' dtype (autocast, if on, then picks the products' precision).
+        dtype = self.discriminator.net[0].weight.dtype
+        fake, real = fake.to(dtype), real.to(dtype)
 
         # D's move: tell prior samples (label 1) from encoder outputs (label 0). Detached
         # summaries, so this term cannot move the encoder.
         fake_for_discriminator = fake.detach()
-        real_logits = self.discriminator(real)
-        fake_logits = self.discriminator(fake_for_discriminator)
+        real_logits = _wide(self.discriminator(real))
+        fake_logits = _wide(self.discriminator(fake_for_discriminator))
         discriminator_loss = F.softplus(-real_logits).mean() + F.softplus(fake_logits).mean()
 
         # The encoder's move: make D call its outputs prior samples. D's parameters are
         # detached, so this term cannot move D (otherwise D would help the encoder).
         frozen = {name: p.detach() for name, p in self.discriminator.named_parameters()}
-        encoder_loss = F.softplus(-functional_call(self.discriminator, frozen, (fake,))).mean()
+        encoder_loss = F.softplus(-_wide(functional_call(self.discriminator, frozen, (fake,)))).mean()
 
-        penalty = fake.new_zeros(())
+        penalty = discriminator_loss.new_zeros(())
         if self.gradient_penalty > 0:
             penalty = self.gradient_penalty * self._input_gradient_penalty(torch.cat([real, fake_for_discriminator]))
         return PriorLosses(discriminator_loss, encoder_loss, penalty)
@@ -124,5 +137,10 @@ class PriorMatching(nn.Module):
     def _input_gradient_penalty(self, v: Tensor) -> Tensor:
         v = v.detach().requires_grad_(True)
         with torch.enable_grad():
-            (grad,) = torch.autograd.grad(self.discriminator(v).sum(), v, create_graph=True)
-        return grad.pow(2).sum(dim=1).mean()
+            (grad,) = torch.autograd.grad(_wide(self.discriminator(v)).sum(), v, create_graph=True)
+        return _wide(grad).pow(2).sum(dim=1).mean()
+
+
+def _wide(tensor: Tensor) -> Tensor:
+    """``tensor`` in at least float32 (logits of a half-precision or autocast discriminator)."""
+    return tensor.to(torch.promote_types(tensor.dtype, torch.float32))

@@ -37,6 +37,7 @@ from dim_ssl.estimators import (
     check_candidates,
     count_negatives,
     get_estimator,
+    in_bound_precision,
     positive_scores,
 )
 
@@ -113,8 +114,8 @@ def all_pairs_bound_and_mean_square(
             (unclipped) scores (AMDIM's score penalty), the same number however they are chunked.
 
     Returns:
-        The bound (a scalar), and the mean square (a scalar in at least float32) or None when
-        ``mean_square`` is False.
+        The bound (a scalar), and the mean square (a scalar) or None when ``mean_square`` is
+        False; both in at least float32 whatever the precision of the critic's products.
     """
     spec = get_estimator(estimator)
     num_candidates, num_summaries = inputs.shape[0], summaries.shape[0]
@@ -178,6 +179,9 @@ def _block_statistics(
     # Every pair of the block from one matrix product.
     scores = flat @ summaries.T if offsets is None else torch.addmm(offsets, flat, summaries.T)
     scores = scores.view(rows, locations, -1).transpose(1, 2)  # (rows, n, L): scores[i, j, l]
+    # The product may run in half precision (autocast); everything made of its scores runs in
+    # at least float32. Cast here, inside the block, so a chunk's float32 copy is freed with it.
+    scores = in_bound_precision(scores)
     square_sum = squared_sum(scores) if mean_square else None
     scores = tanh_clip(scores, score_clip)
     positive = positive_scores(scores, positive_offset)

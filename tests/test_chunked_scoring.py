@@ -181,7 +181,9 @@ def test_chunked_scoring_bounds_peak_memory():
     y = torch.randn(32, 4, requires_grad=True)
     peaks = {}
     for limit in (None, 2**12):
-        head = DIMHead(8, 4, estimator="infonce", prior=None, hidden_dim=64, embed_dim=64, max_scores_in_memory=limit)
+        head = DIMHead(
+            8, 4, estimator="infonce", prior=None, gamma=0.0, hidden_dim=64, embed_dim=64, max_scores_in_memory=limit
+        )
         peaks[limit] = peak_tensor_bytes(lambda h=head: h(feature_map, y).loss.backward(), torch.device("cpu"))
     if peaks[None] is None:
         pytest.skip("this torch's profiler does not expose allocation events")

@@ -44,6 +44,7 @@ class TinyDIM(nn.Module):
             alpha=0.5,
             beta=1.0,
             prior=None,
+            gamma=0.0,
             gather_distributed=gather,
             hidden_dim=16,
             embed_dim=8,

@@ -278,7 +278,7 @@ def test_a_registered_estimator_is_one_class_and_one_entry(monkeypatch):
     losses = []
     for kwargs in ({}, {"max_scores_in_memory": 20}, {"negatives": "shuffle"}):
         torch.manual_seed(0)
-        head = DIMHead(5, 4, estimator="nwj", prior=None, hidden_dim=16, embed_dim=8, **kwargs)
+        head = DIMHead(5, 4, estimator="nwj", prior=None, gamma=0.0, hidden_dim=16, embed_dim=8, **kwargs)
         losses.append(head(feature_map, y).loss)
     assert losses[0].item() == pytest.approx(losses[1].item(), abs=1e-6)
     assert torch.isfinite(losses[2])

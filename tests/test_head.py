@@ -67,7 +67,9 @@ def uninformative_value(head: DIMHead) -> float:
 @pytest.mark.parametrize("estimator,critic,negatives", COMBINATIONS)
 def test_local_bound_rises_with_shared_signal_and_stays_near_zero_without(estimator, critic, negatives):
     torch.manual_seed(0)
-    kwargs = dict(estimator=estimator, critic=critic, negatives=negatives, prior=None, hidden_dim=64, embed_dim=32)
+    kwargs = dict(
+        estimator=estimator, critic=critic, negatives=negatives, prior=None, gamma=0.0, hidden_dim=64, embed_dim=32
+    )
     head = DIMHead(CHANNELS, GLOBAL_DIM, **kwargs)
     before, after = train_critic_only(head, shared=True)
     floor = uninformative_value(DIMHead(CHANNELS, GLOBAL_DIM, **kwargs))
@@ -181,7 +183,14 @@ def test_the_uninformative_floor_by_hand():
     for estimator in ESTIMATORS:
         for negatives in ("all", "shuffle"):
             head = DIMHead(
-                CHANNELS, GLOBAL_DIM, estimator=estimator, negatives=negatives, prior=None, hidden_dim=16, embed_dim=8
+                CHANNELS,
+                GLOBAL_DIM,
+                estimator=estimator,
+                negatives=negatives,
+                prior=None,
+                gamma=0.0,
+                hidden_dim=16,
+                embed_dim=8,
             )
             assert uninformative_value(head) == pytest.approx(0.0, abs=1e-5), (estimator, negatives)
 
@@ -191,7 +200,7 @@ def test_infonce_of_a_perfect_critic_is_log_k(negatives, candidates):
     # One-hot images and summaries, a dot critic scoring 100 / sqrt(8) on the positives and 0
     # elsewhere: all the softmax mass on the positive, so the bound reaches its ceiling log K,
     # K = 1 + (N - 1) * M^2 candidates with negatives across locations, 2 for shuffled pairs.
-    head = DIMHead(8, 8, estimator="infonce", negatives=negatives, prior=None, hidden_dim=16, embed_dim=8)
+    head = DIMHead(8, 8, estimator="infonce", negatives=negatives, prior=None, gamma=0.0, hidden_dim=16, embed_dim=8)
     with torch.no_grad():
         for p in head.parameters():
             p.zero_()

@@ -45,6 +45,7 @@ def make_head(estimator="jsd", critic="dot", negatives="all", **kwargs) -> DIMHe
         alpha=0.5,
         beta=1.0,
         prior=None,
+        gamma=0.0,
         hidden_dim=16,
         embed_dim=8,
         **kwargs,
@@ -238,7 +239,7 @@ def test_penalty_counts_only_the_terms_computed():
     # DIM(L): no global term, so only the local scores are penalised.
     feature_map, y = inputs()
     torch.manual_seed(0)
-    head = DIMHead(CHANNELS, GLOBAL_DIM, prior=None, hidden_dim=16, embed_dim=8, score_penalty=0.5)
+    head = DIMHead(CHANNELS, GLOBAL_DIM, prior=None, gamma=0.0, hidden_dim=16, embed_dim=8, score_penalty=0.5)
     out = head(feature_map, y)
     (scores,) = hand_scores(head, feature_map, y)["local"]
     assert out.loss.item() == pytest.approx((-out.local_mi + 0.5 * scores.square().mean()).item(), abs=1e-5)
