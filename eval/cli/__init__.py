@@ -23,6 +23,7 @@ COMMANDS: dict[str, str] = {
     "transfer": "pretrain on one dataset (or take checkpoints), probe on others",
     "bench": "time training steps (images/s, peak memory) of DIM, SimCLR, MoCo, BYOL and the backbone floor",
     "sweep": "a grid over config keys (e.g. DIM's alpha x beta), each cell trained and probed alike; resumable",
+    "diagnose": "the DIM paper's diagnostics of checkpoints: MI(X;Y), MI(local;Y), NDM of y, probe accuracies",
 }
 
 

@@ -1,1 +1,1 @@
-"""Experiments built on training and probes: compare, transfer, evaluate, bench, curves, reports."""
+"""Experiments built on training and probes: compare, transfer, evaluate, bench, sweep, diagnose, curves, reports."""
