@@ -434,7 +434,8 @@ _SIZE_ERRORS = (AssertionError, RuntimeError, ValueError, IndexError, ZeroDivisi
 
 
 def _describe(err: Exception) -> str:
-    return f"{type(err).__name__}: {str(err).strip().rstrip('.')}"
+    message = str(err).strip().rstrip(".")
+    return f"{type(err).__name__}: {message}" if message else f"{type(err).__name__} (without a message)"
 
 
 def _side(size: int | tuple[int, int] | list[int]) -> int:

@@ -6,9 +6,10 @@ refusals: a size timm cannot build, images of another size than the encoder was 
 model without pooled features. The slow sweep does the same for every small model of
 ``timm.list_models()`` and counts trained / refused with a clear error / crashed (zero allowed).
 
-Run as a script it prints the table of docs/compatibility.md::
+Run as a script it prints the per-model lines and the table of docs/compatibility.md::
 
     OMP_NUM_THREADS=1 .venv/bin/python tests/test_timm_compat.py --size 64
+    .venv/bin/python tests/test_timm_compat.py --from-log runs/timm_sweep.log   # the table again
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import sys
 import time
 import traceback
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 import timm
@@ -64,10 +66,11 @@ def one_dim_step(encoder: TimmEncoder, size: int) -> float:
     """One DIM step on ``BATCH`` random ``size`` x ``size`` images; asserts what makes it a real one.
 
     Finite loss; a non-zero gradient at the stem (the first 4-D weight: the first conv or the
-    patch embedding), so the local term reaches the whole backbone below the local stage; the
-    optimiser moves it; and, in eval mode, ``encode(x).pooled`` equals timm's full path
-    ``forward_head(forward_features(x), pre_logits=True)``: pool, fc and y come from the last
-    stage, not from the stage the local map is read at.
+    patch embedding; the first matrix where a Linear embeds the patches), so the local term
+    reaches the whole backbone below the local stage; the optimiser moves it; and, in eval mode,
+    ``encode(x).pooled`` equals timm's full path ``forward_head(forward_features(x),
+    pre_logits=True)``: pool, fc and y come from the last stage, not from the stage the local
+    map is read at.
 
     Returns:
         The loss.
@@ -87,7 +90,8 @@ def one_dim_step(encoder: TimmEncoder, size: int) -> float:
     assert torch.isfinite(loss), f"loss {loss.item()}"
     optimizer.zero_grad()
     loss.backward()
-    stem = next(p for p in encoder.backbone.parameters() if p.dim() == 4)
+    weights = [p for p in encoder.backbone.parameters() if p.dim() in (2, 4)]
+    stem = next((p for p in weights if p.dim() == 4), weights[0])  # naflexvit embeds patches with a Linear
     assert stem.grad is not None and stem.grad.abs().sum() > 0, "no gradient reaches the stem"
     before = stem.detach().clone()
     optimizer.step()
@@ -299,7 +303,51 @@ def sweep(names: list[str], size: int, out=sys.stdout) -> list[Outcome]:
         f"{len(by_family)} families have a model that trains",
         file=out,
     )
+    print(family_table(outcomes), file=out)
     return outcomes
+
+
+def read_log(path: str) -> list[Outcome]:
+    """The outcomes a sweep printed (its per-model lines), to tabulate a finished run again."""
+    line = re.compile(r"\[\d+/\d+\] (\w+) +(\S+) \(([\d.]+) s\): (.*)")
+    size = re.search(r"(\d+)x\1: \d+ trained", Path(path).read_text())
+    outcomes = []
+    for text in Path(path).read_text().splitlines():
+        if match := line.match(text):
+            result, name, seconds, detail = match.groups()
+            outcomes.append(Outcome(name, int(size.group(1)) if size else 0, result, detail, float(seconds)))
+    return outcomes
+
+
+def reason(outcome: Outcome) -> str:
+    """A refusal or crash in a few words, for the table."""
+    detail = outcome.detail
+    if match := re.search(r"Sizes checked to work: ([\dx, ]+);", detail):
+        return f"not {outcome.size}x{outcome.size}; works at {match.group(1)}"
+    if "no stage of" in detail:
+        return f"local map under 4x4 at {outcome.size}x{outcome.size} (total stride 32 from the first stage)"
+    if "no pooled features" in detail:
+        return "feature-only encoder: no pooled features for y"
+    if "cannot give an intermediate feature map" in detail:
+        return "no forward_intermediates / feature_info"
+    return detail[:100]
+
+
+def family_table(outcomes: list[Outcome]) -> str:
+    """One markdown row per timm family: models that trained, and why the others did not."""
+    by_family = collections.defaultdict(list)
+    for outcome in outcomes:
+        by_family[families()[outcome.name]].append(outcome)
+    rows = [
+        "| family (timm module) | trained | built with img_size | refused or crashed: why |",
+        "|---|---:|---:|---|",
+    ]
+    for name, members in sorted(by_family.items()):
+        trained = [o for o in members if o.result == "trained"]
+        sized = sum("img_size=" in o.detail for o in trained)
+        others = "; ".join(f"{o.result} {o.name}: {reason(o)}" for o in members if o.result != "trained")
+        rows.append(f"| {name} | {len(trained)} of {len(members)} | {sized or ''} | {others} |")
+    return "\n".join(rows)
 
 
 @pytest.mark.slow
@@ -314,6 +362,10 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--models", nargs="*", help="model names (default: every small model, as the slow test)")
+    parser.add_argument("--from-log", help="tabulate the per-model lines of a finished sweep's log instead")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    sweep(args.models or small_models(), args.size)
+    if args.from_log:
+        print(family_table(read_log(args.from_log)))
+    else:
+        sweep(args.models or small_models(), args.size)
