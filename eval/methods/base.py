@@ -288,8 +288,12 @@ class MethodModule(pl.LightningModule, ABC):
 
     # ---- training -------------------------------------------------------------------------
 
-    def training_step(self, batch: Sequence[Any], batch_idx: int) -> Tensor:
+    def training_step(self, batch: Sequence[Any], batch_idx: int) -> Tensor | None:
         views, labels = self._views(batch[0]), batch[1]
+        if not self._finite_inputs(views):
+            # No forward pass (BatchNorm statistics stay clean), no optimizer step; counted and
+            # reported by eval.training.nonfinite.SkipNonFiniteSteps.
+            return None
         step = self.training_loss(views)
         monitored = step.features.get(self.online_feature)
         if monitored is None:  # the loss did not compute them: one more pass, no gradient
@@ -302,6 +306,13 @@ class MethodModule(pl.LightningModule, ABC):
         )
         self._log_step(step, cls_log, batch_size=labels.shape[0])
         return step.loss + cls_loss
+
+    def _finite_inputs(self, views: Sequence[Tensor]) -> bool:
+        """Whether every view is free of NaN and inf, on every rank (all skip a step together)."""
+        finite = torch.tensor([all(bool(torch.isfinite(v).all()) for v in views)], device=self.device)
+        if self._trainer is not None and self.trainer.world_size > 1:
+            finite = self.trainer.strategy.reduce(finite.float(), reduce_op="min") > 0
+        return bool(finite.item())
 
     def _views(self, images: Any) -> list[Tensor]:
         """The batch's views as a list of ``num_views`` tensors, or a ValueError that says why not."""

@@ -103,6 +103,12 @@ BASE_DEFAULTS: dict[str, Any] = {
         "num_sanity_val_steps": 0,
         "deterministic": False,  # torch.use_deterministic_algorithms (slower on GPU)
         "enable_progress_bar": True,
+        # checkpoints/last.ckpt: every epoch end, and inside an epoch every N steps (null: not by
+        # steps) or every M minutes of training (null: not by time), whichever comes first
+        "checkpoint_every_n_steps": None,
+        "checkpoint_every_minutes": 10.0,
+        # a step with a NaN/inf loss or gradient is skipped; this many in a row stop the run
+        "max_nonfinite_steps": 10,
     },
 }
 

@@ -4,7 +4,8 @@
 output folder::
 
     config.yaml             the resolved configuration (every key)
-    checkpoints/last.ckpt   the latest state (every epoch end, and on SIGINT/SIGTERM): --resume
+    checkpoints/last.ckpt   the latest state (every epoch end, every 10 minutes, on SIGINT/SIGTERM;
+                            written atomically): --resume
     checkpoints/best.ckpt   the best epoch by the online probe (or kNN) accuracy
     metrics.csv             every logged metric (Lightning's CSVLogger), one row per step/epoch
     hparams.yaml            the module's hyperparameters (Lightning's)
@@ -37,6 +38,8 @@ from eval.training.budget import MonitorsOffTheClock
 from eval.training.checkpoint import CheckpointMetadata, check_compatible, load_checkpoint
 from eval.training.config import config_diff, dump_config
 from eval.training.datamodule import PretrainDataModule
+from eval.training.last_checkpoint import LastCheckpoint
+from eval.training.nonfinite import SkipNonFiniteSteps
 from eval.training.progress import ProgressBar, ThroughputMeter
 from eval.training.resume import ExactResume, ResumableCSVLogger, TrainingInterrupted
 
@@ -51,6 +54,7 @@ _QUIET = (
     ".*exists and is not empty.*",  # a resumed run writes into its own folder on purpose
     ".*dataloader is not resumable.*",  # eval.training.datamodule.EpochSampler resumes it exactly
     ".*ended before the epoch ended.*",  # same
+    ".*`training_step` returned `None`.*",  # on purpose: a non-finite batch (eval.training.nonfinite)
 )
 
 
@@ -167,12 +171,21 @@ def pretrain(
         enable_version_counter=False,
         auto_insert_metric_name=False,
     )
-    latest = ModelCheckpoint(dirpath=out / "checkpoints", save_top_k=0, save_last=True, save_on_train_epoch_end=True)
+    try:
+        latest = LastCheckpoint(
+            out / "checkpoints",
+            every_n_steps=config["trainer"]["checkpoint_every_n_steps"],
+            every_minutes=config["trainer"]["checkpoint_every_minutes"],
+        )
+        skip_nonfinite = SkipNonFiniteSteps(config["trainer"]["max_nonfinite_steps"])
+    except ValueError as err:
+        raise ConfigError(f"trainer.{err}") from None
     logger = ResumableCSVLogger(out, keep_below_step=int(checkpoint["global_step"]) if checkpoint else None)
     trainer_kwargs = trainer_arguments(config["trainer"])
     run_callbacks: list[Callback] = [
         meter,
         MonitorsOffTheClock(),  # max_time_s counts training, not validation
+        skip_nonfinite,
         ExactResume(datamodule, last),
         CheckpointMetadata(config),
         *callbacks,
@@ -226,7 +239,7 @@ def pretrain(
         "wall_clock_s": _number(meter.wall_clock_s),
         "world_size": int(trainer.world_size),
         "stopped_by": "max_epochs" if 0 < (trainer.max_epochs or 0) <= trainer.current_epoch else "max_time",
-        "last_checkpoint": str(last),
+        "last_checkpoint": str(last.resolve()),
         "best_checkpoint": best.best_model_path or None,
     }
     if trainer.is_global_zero:

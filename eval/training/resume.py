@@ -42,6 +42,8 @@ from pytorch_lightning.loggers.csv_logs import ExperimentWriter
 from pytorch_lightning.loggers.logger import rank_zero_experiment
 from pytorch_lightning.utilities import rank_zero_info
 
+from eval.training.last_checkpoint import save_atomically
+
 __all__ = [
     "ExactResume",
     "ResumableCSVLogger",
@@ -168,7 +170,7 @@ class ExactResume(Callback):
         last_of_epoch = batch_idx + 1 >= trainer.num_training_batches
         if not self._stop_requested(trainer, pl_module) or last_of_epoch or trainer.should_stop:
             return
-        trainer.save_checkpoint(self.checkpoint_path, weights_only=False)  # all ranks take part; rank 0 writes
+        save_atomically(trainer, self.checkpoint_path)  # all ranks take part; rank 0 writes
         self._saved = True
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
