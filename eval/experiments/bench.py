@@ -616,7 +616,7 @@ def memory_sweep(config: SweepConfig, log: Callable[[str], None] = _log) -> list
                 continue
             torch.manual_seed(config.seed)
             head = dim_ssl.DIMHead(
-                config.channels, config.global_dim, estimator=config.estimator, prior=None, **extra
+                config.channels, config.global_dim, estimator=config.estimator, prior=None, gamma=0.0, **extra
             ).to(device)
             n = config.batch_size
             row: dict[str, Any] = {

@@ -22,6 +22,7 @@ import copy
 import difflib
 import os
 import re
+from importlib import resources
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
@@ -187,15 +188,36 @@ def apply_overrides(config: dict[str, Any], overrides: Iterable[str]) -> dict[st
 # Files
 
 
+def packaged_configs() -> dict[str, Path]:
+    """The run configurations shipped with the package (``eval/configs``), by name."""
+    folder = Path(str(resources.files("eval") / "configs"))
+    return {p.stem: p for p in sorted(folder.glob("*.yaml"))} if folder.is_dir() else {}
+
+
+def find_config(path: str | os.PathLike) -> Path:
+    """A configuration file: a path, or the name of a shipped one (``quickstart``, ``family_fmnist``).
+
+    Raises:
+        ConfigError: Neither a file nor a shipped configuration's name (the message lists them).
+    """
+    given = Path(path)
+    if given.is_file():
+        return given
+    shipped = packaged_configs()
+    name = given.name[: -len(".yaml")] if given.name.endswith(".yaml") else given.name
+    if given.parent == Path(".") and name in shipped:
+        return shipped[name]
+    known = ", ".join(shipped) or "none"
+    raise ConfigError(f"config file {given} not found (shipped configurations, by name: {known})")
+
+
 def load_yaml(path: str | os.PathLike) -> dict[str, Any]:
-    """The mapping in a YAML file, with exponent floats read as numbers.
+    """The mapping in a YAML file (a path, or a shipped configuration's name), exponent floats as numbers.
 
     Raises:
         ConfigError: Missing or unreadable file, invalid YAML (with the line), not a mapping.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file {path} not found")
+    path = find_config(path)
     try:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as err:
