@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from dim_ssl.negatives import NEGATIVE_MODES
+from dim_ssl.suggest import did_you_mean
 
 
 class ResidualEmbedding(nn.Module):
@@ -341,9 +342,14 @@ def get_critic_shape(critic: str, negatives: str) -> CriticShape:
             (the message names the modes it can, and the critics that can score this one).
     """
     if not isinstance(critic, str) or critic not in CRITICS:
-        raise ValueError(f"unknown critic {critic!r}; expected one of {', '.join(CRITICS)}")
+        raise ValueError(
+            f"unknown critic {critic!r}; expected one of {', '.join(CRITICS)}{did_you_mean(critic, CRITICS)}"
+        )
     if not isinstance(negatives, str) or negatives not in NEGATIVE_MODES:
-        raise ValueError(f"unknown negatives mode {negatives!r}; expected one of {', '.join(NEGATIVE_MODES)}")
+        raise ValueError(
+            f"unknown negatives mode {negatives!r}; expected one of {', '.join(NEGATIVE_MODES)}"
+            f"{did_you_mean(negatives, NEGATIVE_MODES)}"
+        )
     shape = CRITICS[critic]
     if negatives not in shape.negatives:
         supported = " or ".join(f'negatives="{mode}"' for mode in shape.negatives)

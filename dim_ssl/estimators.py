@@ -33,6 +33,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from dim_ssl.suggest import did_you_mean
+
 LOG2 = math.log(2.0)
 
 # (this rank's log-sum-exp of its negatives, their count) -> the same over all ranks.
@@ -240,7 +242,10 @@ def in_bound_precision(scores: Tensor) -> Tensor:
 def get_estimator(estimator: str) -> Estimator:
     """The registered ``Estimator`` named ``estimator``; a ValueError naming the known ones otherwise."""
     if not isinstance(estimator, str) or estimator not in ESTIMATORS:
-        raise ValueError(f"unknown estimator {estimator!r}; expected one of {', '.join(ESTIMATORS)}")
+        raise ValueError(
+            f"unknown estimator {estimator!r}; expected one of {', '.join(ESTIMATORS)}"
+            f"{did_you_mean(estimator, ESTIMATORS)}"
+        )
     return ESTIMATORS[estimator]
 
 

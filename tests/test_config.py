@@ -227,3 +227,42 @@ def test_trainer_arguments_resolve_auto_settings_for_this_machine():
         cpu_sync = resolve_config(QUICKSTART, ["trainer.sync_batchnorm=true", "trainer.devices=2"])
         with pytest.raises(ConfigError, match="SyncBatchNorm does not run on the CPU"):
             trainer_arguments(cpu_sync["trainer"])
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        (
+            "data.dataset=fashion-mnst",
+            "data.dataset: unknown dataset 'fashion-mnst'; known: .*did you mean 'fashion-mnist'",
+        ),
+        ("data.val_split=tset", "data.val_split: digits has splits train, test; got 'tset'; did you mean 'test'"),
+        ("method.name=simclrr", "unknown method.name 'simclrr'.*did you mean 'simclr'"),
+        ("optimizer.name=adamm", "optimizer.name must be one of adam, adamw, sgd; got 'adamm'; did you mean 'adam'"),
+    ],
+)
+def test_config_value_mistakes_are_named_with_the_closest_value(override, message):
+    with pytest.raises(ConfigError, match=message):
+        resolve_config("configs/quickstart.yaml", [override])
+
+
+def test_did_you_mean_offers_only_close_names():
+    from dim_ssl.suggest import did_you_mean
+
+    assert did_you_mean("infonc", ["jsd", "infonce", "dv"]) == "; did you mean 'infonce'?"
+    assert did_you_mean("xyz", ["jsd", "infonce", "dv"]) == ""
+    with pytest.raises(ValueError, match="unknown estimator 'infonc'.*did you mean 'infonce'"):
+        import dim_ssl
+
+        dim_ssl.DIMHead(8, 4, estimator="infonc")
+
+
+def test_a_shipped_configuration_is_found_by_name_and_a_missing_one_lists_them():
+    from eval.training.config import find_config
+
+    assert find_config("quickstart").name == "quickstart.yaml" and find_config("quickstart").is_file()
+    assert resolve_config("family_fmnist")["encoder"]["name"] == "paper"
+    with pytest.raises(
+        ConfigError, match="config file nonesuch not found .shipped configurations, by name: .*quickstart"
+    ):
+        resolve_config("nonesuch")

@@ -51,6 +51,7 @@ from torch.utils.data import Dataset, Subset
 from torchvision import datasets
 from torchvision.transforms import v2
 
+from dim_ssl.suggest import did_you_mean
 from eval.errors import DatasetNotFoundError
 
 __all__ = [
@@ -197,7 +198,8 @@ def dataset_spec(name: str) -> DatasetSpec:
     try:
         return DATASETS[name]
     except KeyError:
-        raise ValueError(f"unknown dataset {name!r}; known: {', '.join(known_datasets())}") from None
+        known = known_datasets()
+        raise ValueError(f"unknown dataset {name!r}; known: {', '.join(known)}{did_you_mean(name, known)}") from None
 
 
 def _count_classes(path: Path) -> int | None:

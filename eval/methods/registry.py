@@ -24,6 +24,7 @@ import copy
 import inspect
 from typing import Any, Callable, Mapping
 
+from dim_ssl.suggest import did_you_mean
 from eval.data import DataInfo
 from eval.errors import ConfigError
 from eval.methods.base import MONITOR_DEFAULTS, MethodModule
@@ -65,7 +66,10 @@ def get_method(name: str) -> type[MethodModule]:
         ConfigError: No such method; the message lists the registered ones.
     """
     if not isinstance(name, str) or name not in METHODS:
-        raise ConfigError(f"unknown method.name {name!r}; registered methods: {', '.join(sorted(METHODS))}")
+        raise ConfigError(
+            f"unknown method.name {name!r}; registered methods: {', '.join(sorted(METHODS))}"
+            f"{did_you_mean(name, METHODS)}"
+        )
     return METHODS[name]
 
 

@@ -28,6 +28,8 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import yaml
 
+from dim_ssl.suggest import did_you_mean
+from eval.data import dataset_spec
 from eval.errors import ConfigError
 from eval.methods import get_method
 from eval.methods.base import MONITOR_DEFAULTS, OPTIMIZER_DEFAULTS, OPTIMIZERS, SCHEDULES
@@ -424,7 +426,17 @@ def _check_choices(config: Mapping[str, Any]) -> None:
     for path, allowed in choices.items():
         if flat[path] not in allowed:
             shown = ", ".join("null" if a is None else a for a in allowed)
-            raise ConfigError(f"{path} must be one of {shown}; got {flat[path]!r}")
+            raise ConfigError(f"{path} must be one of {shown}; got {flat[path]!r}{did_you_mean(flat[path], allowed)}")
+    data = config["data"]
+    try:  # the dataset and its held-out split, named here rather than when the data is loaded
+        spec = dataset_spec(data["dataset"])
+    except ValueError as err:
+        raise ConfigError(f"data.dataset: {err}") from None
+    if not data.get("holdout") and data["val_split"] not in spec.splits:
+        raise ConfigError(
+            f"data.val_split: {spec.name} has splits {', '.join(spec.splits)}; got {data['val_split']!r}"
+            f"{did_you_mean(data['val_split'], spec.splits)}"
+        )
     positive = ("data.batch_size", "optimizer.lr", "monitor.online_lr", "monitor.knn_k")
     for path in positive:
         if flat[path] is None or flat[path] <= 0:
