@@ -53,6 +53,9 @@ def test_quickstart_writes_a_complete_output_folder_and_learns(tmp_path):
     assert (summary["epochs"], summary["steps"]) == (2, 2 * (1437 // 32))
     assert "summary: loss" in result.stdout and "online acc" in result.stdout
     assert "img/s" in result.stdout and "train_loss" in result.stdout  # the progress bar (tqdm on stdout)
+    # Quiet: no accelerator lines, advertisements or third-party deprecation warnings.
+    noise = ("GPU available", "TPU available", "litlogger", "LeafSpec")
+    assert not [n for n in noise if n in result.stdout + result.stderr]
 
 
 def _watch(stream, seen: list[bytes], marker: bytes, found: threading.Event) -> None:

@@ -41,6 +41,7 @@ from eval.training.datamodule import PretrainDataModule
 from eval.training.last_checkpoint import LastCheckpoint
 from eval.training.nonfinite import SkipNonFiniteSteps
 from eval.training.progress import ProgressBar, ThroughputMeter
+from eval.training.quiet import quiet_lightning
 from eval.training.resume import ExactResume, ResumableCSVLogger, TrainingInterrupted
 
 __all__ = ["BEST_METRICS", "RunError", "TrainingInterrupted", "pretrain", "trainer_arguments"]
@@ -55,6 +56,7 @@ _QUIET = (
     ".*dataloader is not resumable.*",  # eval.training.datamodule.EpochSampler resumes it exactly
     ".*ended before the epoch ended.*",  # same
     ".*`training_step` returned `None`.*",  # on purpose: a non-finite batch (eval.training.nonfinite)
+    r".*isinstance\(treespec, LeafSpec\)` is deprecated.*",  # Lightning's own use of torch's pytree API
 )
 
 
@@ -140,6 +142,7 @@ def pretrain(
     config = dict(config)
     out = Path(config["output_dir"])
     last = out / "checkpoints" / "last.ckpt"
+    quiet_lightning()
 
     # ---- the checkpoint to resume from ------------------------------------------------------
     checkpoint = None
