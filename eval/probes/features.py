@@ -35,6 +35,8 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
+from eval.probes.progress import Progress
+
 __all__ = [
     "extract_features",
     "feature_cache_key",
@@ -250,8 +252,9 @@ def _run(
         model.eval()
         model.to(target)
         with torch.no_grad():
-            bar = tqdm(loader, desc="features", unit="batch", disable=not _show_progress(progress), leave=False)
-            for batch in bar:
+            bar = Progress(len(loader), f"features of {len(loader.dataset)} images", unit="batch", enabled=progress)
+            for batch in loader:
+                bar.update()
                 images, batch_labels = _batch_images_and_labels(batch)
                 images = images.to(target, non_blocking=True)
                 if callable(multi):
@@ -261,6 +264,7 @@ def _run(
                 for position in positions:
                     chunks[position].append(out[position].flatten(1).float().cpu().numpy())
                 labels.append(batch_labels.cpu().numpy().astype(np.int64, copy=False))
+            bar.close()
     finally:
         if original_device is not None:
             model.to(original_device)

@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from eval.probes.knn import check_probe_inputs
+from eval.probes.progress import Progress
 
 __all__ = ["linear_probe", "linear_probe_accuracy", "LinearProbeResult", "DEFAULT_L2_GRID"]
 
@@ -163,8 +164,10 @@ def linear_probe(
         x_fit, x_val = _standardise(train_x[fit_idx_t], train_x[val_idx_t])
         y_fit, y_val = train_t[fit_idx_t], train_t[val_idx_t]
         best_key = None
+        progress = Progress(len(grid) + 1, f"linear probe ({len(train_t)} images), l2 grid and refit", unit="fit")
         for l2 in grid:  # strong to weak: each fit warm-starts the next
             params, _, _ = _fit(x_fit, y_fit, len(classes), l2, max_iter, warm)
+            progress.update()
             warm = params
             with torch.no_grad():
                 logits = F.linear(x_val, *params)
@@ -176,6 +179,8 @@ def linear_probe(
                 best_key, chosen, val_accuracy, best_params = key, l2, acc, params
         # The chosen fit is close to the refit's optimum (same l2, 80% of the data).
         warm = best_params
+
+        progress.close()
 
     x_train, x_test = _standardise(train_x, test_x)
     (weight, bias), iterations, converged = _fit(x_train, train_t, len(classes), chosen, max_iter, warm)

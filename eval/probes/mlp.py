@@ -54,6 +54,7 @@ import torch.nn.functional as F
 
 from eval.probes.knn import check_probe_inputs
 from eval.probes.linear import _is_real, _standardise, _stratified_split
+from eval.probes.progress import Progress
 
 __all__ = ["mlp_probe", "mlp_probe_accuracy", "MLPProbeResult"]
 
@@ -224,7 +225,9 @@ def mlp_probe(
     best_key: tuple[float, float] | None = None
     best_state = net.state()
     best_epoch, since_best, stopped_early = 0, 0, False
+    progress = Progress(int(max_epochs), f"MLP probe ({len(y_fit)} images)", unit="epoch")
     for epoch in range(1, int(max_epochs) + 1):
+        progress.update()
         order = torch.randperm(len(y_fit), generator=generator).to(device)
         with torch.enable_grad():
             for start, stop in bounds:
@@ -251,6 +254,7 @@ def mlp_probe(
                 stopped_early = epoch < max_epochs
                 break
 
+    progress.close()
     net.load(best_state)
     with torch.no_grad():
         train_acc = int((_predict(net, x_fit) == y_fit).sum()) / len(y_fit)
