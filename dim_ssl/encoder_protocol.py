@@ -122,3 +122,12 @@ class DIMEncoder(Protocol):
 
         A contrastive baseline that trains the backbone through ``pool`` freezes exactly these.
         """
+
+
+def missing_encoder_members(encoder: object) -> list[str]:
+    """What ``encoder`` lacks of :class:`DIMEncoder` (attribute and method names; empty: nothing).
+
+    ``isinstance(encoder, DIMEncoder)`` says only yes or no; this says what to add.
+    """
+    members = [*DIMEncoder.__annotations__, "forward", "encode", "pool", "features", "summary_parameters"]
+    return [name for name in members if not hasattr(encoder, name)]

@@ -243,7 +243,8 @@ class DIMHead(nn.Module):
         refused (see Raises).
 
         Args:
-            feature_map: ``(N, C, M, M)`` local features C(x), post-ReLU as in the paper.
+            feature_map: ``(N, C, M, M)`` local features C(x), post-ReLU as in the paper; a non-square
+                map ``(N, C, H, W)`` works the same way (its H*W locations are the M^2 of the math).
             y: ``(N, D)`` summaries E(x) of the same images.
 
         Raises:

@@ -121,3 +121,21 @@ def test_pool_refuses_images_of_the_wrong_shape(encoder):
 def test_unknown_position_lists_the_positions(encoder, images):
     with pytest.raises(ValueError, match="unknown feature position 'logits'; expected one of conv, fc, y, pool"):
         encoder.features(images, "logits")
+
+
+def test_a_method_names_what_a_users_encoder_lacks():
+    from torch import nn
+
+    from eval.methods import DIM
+
+    class TVEncoder(nn.Module):  # a user's own encoder: a forward and two sizes, nothing more
+        feature_channels, global_dim = 8, 4
+
+        def forward(self, x):
+            return x, x
+
+    with pytest.raises(ValueError) as caught:
+        DIM(TVEncoder(), num_classes=10, image_shape=(1, 32, 32))
+    message = str(caught.value)
+    assert "TVEncoder lacks in_chans, pooled_dim, feature_positions, encode, pool, features, summary_parameters" in message
+    assert "feature_channels" not in message.split("lacks")[1]  # what it has is not listed

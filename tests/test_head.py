@@ -238,3 +238,14 @@ def test_every_registered_combination_trains_both_terms_in_one_backward(estimato
     assert feature_map.grad.abs().sum() > 0 and y.grad.abs().sum() > 0
     for critic_module in (head.local_critic, head.global_critic):
         assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in critic_module.parameters())
+
+
+def test_a_non_square_map_is_scored_over_all_its_locations():
+    # A 6x4 map (a 48x32 input) is H*W = 24 locations: the same as the 24x1 map of those locations.
+    torch.manual_seed(0)
+    head = DIMHead(8, 4, estimator="infonce", gamma=0.0, hidden_dim=16, embed_dim=16)
+    feature_map, y = torch.randn(5, 8, 6, 4), torch.randn(5, 4)
+    wide = head(feature_map, y)
+    column = head(feature_map.flatten(2).unsqueeze(-1), y)
+    assert torch.allclose(wide.local_mi, column.local_mi, atol=1e-5)
+    assert wide.local_mi.item() <= math.log(1 + 4 * 24) + 1e-5  # InfoNCE's log K with K = 1 + (N-1)HW

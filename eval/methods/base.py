@@ -56,6 +56,7 @@ from torch import Tensor, nn
 from torchmetrics import MeanMetric
 
 from dim_ssl import FEATURE_POSITIONS, DIMEncoder, EncoderOutput, gather_with_grad
+from dim_ssl.encoder_protocol import missing_encoder_members
 from eval.plain import plain
 from eval.probes.knn import leave_one_out_knn_accuracy
 
@@ -169,7 +170,8 @@ class MethodModule(pl.LightningModule, ABC):
         if not isinstance(encoder, DIMEncoder):
             raise ValueError(
                 f"expected an encoder that follows dim_ssl.DIMEncoder (TimmEncoder, PaperEncoder); "
-                f"got {type(encoder).__name__}"
+                f"{type(encoder).__name__} lacks {', '.join(missing_encoder_members(encoder))} "
+                "(see dim_ssl/encoder_protocol.py for what each must do)"
             )
         if num_classes < 2:
             raise ValueError(f"num_classes must be at least 2; got {num_classes}")
