@@ -137,5 +137,6 @@ def test_a_method_names_what_a_users_encoder_lacks():
     with pytest.raises(ValueError) as caught:
         DIM(TVEncoder(), num_classes=10, image_shape=(1, 32, 32))
     message = str(caught.value)
-    assert "TVEncoder lacks in_chans, pooled_dim, feature_positions, encode, pool, features, summary_parameters" in message
+    missing = "in_chans, pooled_dim, feature_positions, encode, pool, features, summary_parameters"
+    assert f"TVEncoder lacks {missing}" in message
     assert "feature_channels" not in message.split("lacks")[1]  # what it has is not listed
