@@ -41,6 +41,7 @@ def test_the_representation_is_y_where_the_method_trains_it_else_pool(checkpoint
     dim, simclr = model_from_checkpoint(found["dim-l"]), model_from_checkpoint(found["simclr"])
     assert representation_position(dim) == "y" and representation_position(simclr) == "pool"
     assert representation_position(dim, "fc") == "fc"
+    assert representation_position(simclr, "proj") == "proj"
     with pytest.raises(ValueError, match="got 'y'"):
         representation_position(simclr, "y")  # SimCLR's summary MLP is never trained
 
@@ -64,6 +65,10 @@ def test_samples_pair_each_image_with_a_location_of_its_own_map_and_its_own_y(ch
     assert len(set(chosen)) > 1  # locations drawn at random, not always the same one
     again = encoder_samples(model, data.test, "y", seed=3)
     np.testing.assert_array_equal(again["local"], samples["local"])  # the seed fixes them
+    # A position the method adds (SimCLR's projection output) comes from the same pass.
+    simclr = model_from_checkpoint(found["simclr"])
+    projected = encoder_samples(simclr, data.test, "proj")["y"]
+    np.testing.assert_allclose(projected, simclr.features(images, "proj").numpy(), rtol=1e-5, atol=1e-6)
 
 
 @pytest.fixture(scope="module")

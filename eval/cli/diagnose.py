@@ -34,8 +34,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--position",
-        choices=["y", "fc", "pool"],
-        help="the representation measured (default: y where the method trains it, DIM; else pool)",
+        choices=["y", "fc", "pool", "proj"],
+        help="the representation measured (default: y where the method trains it, DIM; else pool; "
+        "proj: a contrastive method's projection output)",
     )
     parser.add_argument(
         "--estimator", choices=list(ESTIMATOR_NAMES), default="dv", help="the MI bound (default: dv, MINE's)"

@@ -85,17 +85,18 @@ _STEPS = ("encoder pass", "MI(X; Y)", "MI(C(X); Y)", "NDM(Y)", "probes")
 
 def representation_position(model: Any, position: str | None = None) -> str:
     """The position whose features stand for y: ``position`` if given, else ``"y"`` where the
-    method trains the summary MLP (DIM), else ``"pool"`` (SimCLR, MoCo, BYOL).
+    method trains the summary MLP (DIM), else ``"pool"`` (SimCLR, MoCo, BYOL; their ``"proj"``,
+    the projection head's output, on request).
 
     Raises:
-        ValueError: A position the model does not have, or one outside the encoder (``proj``).
+        ValueError: A position the model does not have, or the map (``"conv"``).
     """
     available = tuple(getattr(model, "feature_positions", ("pool",)))
     chosen = position or ("y" if "y" in available else "pool")
-    if chosen not in available or chosen == "conv" or chosen not in ("y", "fc", "pool"):
+    if chosen not in available or chosen == "conv":
         raise ValueError(
-            f"the representation must be one of the encoder's positions y, fc, pool that the model has "
-            f"({', '.join(p for p in available if p in ('y', 'fc', 'pool'))}); got {chosen!r}"
+            f"the representation must be a vector position the model has "
+            f"({', '.join(p for p in available if p != 'conv')}); got {chosen!r}"
         )
     return chosen
 
@@ -120,7 +121,10 @@ def encoder_samples(
         local = feature_map.flatten(2)[torch.arange(n), :, where]  # (N, C): one location per image
         parts["x"].append(images.flatten(1).numpy())
         parts["local"].append(local.numpy())
-        parts["y"].append(by_position(encoded)[position].flatten(1).numpy())
+        found = by_position(encoded)
+        if position not in found:  # a position the method adds (SimCLR's projection "proj")
+            found = model.extra_features(encoded)
+        parts["y"].append(found[position].flatten(1).numpy())
         parts["labels"].append(np.asarray(labels))
     return {
         key: np.concatenate(value).astype(np.int64 if key == "labels" else np.float32) for key, value in parts.items()
