@@ -144,6 +144,7 @@ class TimmEncoder(nn.Module):
         self.input_size: int = input_size or _built_size(self.backbone, self.timm_kwargs, self.takes_img_size) or 32
         # The side a forward pass is known to work at (checked below when the user gives it).
         self._works_at: int | None = None
+        self._map_sizes: dict[int, int] = {}  # feature_map_size's measurements
 
         stages = list(self.backbone.feature_info)
         if feature_stage is None:
@@ -265,8 +266,8 @@ class TimmEncoder(nn.Module):
         if "pre_logits" not in inspect.signature(self.backbone.forward_head).parameters:
             raise ValueError(
                 f"timm model {self.model_name!r} has no pooled features to compute y from: its forward_head "
-                "takes no pre_logits (a feature-only encoder, such as mobilenetv5_300m_enc); choose a variant "
-                "with a classifier head (mobilenetv5_300m)"
+                "takes no pre_logits, as in a feature-only encoder; choose a variant with a classifier head "
+                "(for mobilenetv5_300m_enc: mobilenetv5_300m)"
             )
 
     @contextmanager
@@ -366,8 +367,17 @@ class TimmEncoder(nn.Module):
             )
 
     def feature_map_size(self, input_size: int) -> int:
-        """Width M of the local map for square inputs of ``input_size`` pixels."""
-        return max(1, input_size // self.feature_reduction)
+        """Width M of the local map for square inputs of ``input_size`` pixels.
+
+        Measured on one zero image (eval mode, no gradients) and remembered per size: families
+        with unpadded convolutions have maps narrower than ``input_size // feature_reduction``
+        (Inception-v3 at 96x96: 4, not 6). Where the backbone cannot run at that size, that
+        estimate.
+        """
+        if input_size not in self._map_sizes:
+            width = _local_width(self.backbone, self.in_chans, input_size, self.feature_stage)
+            self._map_sizes[input_size] = width or max(1, input_size // self.feature_reduction)
+        return self._map_sizes[input_size]
 
 
 _SMALL_INPUT_FAMILIES = (
@@ -466,41 +476,62 @@ def _built_size(backbone: nn.Module, timm_kwargs: dict[str, Any], takes_img_size
     return int(input_size[-1]) if input_size and takes_img_size else None
 
 
-def _forward_error(backbone: nn.Module, in_chans: int, size: tuple[int, int], stage: int) -> Exception | None:
-    """The error the encoder's backbone pass raises on one zero image of ``size``, or None if it runs.
-
-    Eval mode (restored after) and no gradients: nothing is learned, no statistic moves.
-    """
-    parameter = next(backbone.parameters(), None)
-    x = torch.zeros(
-        1,
-        in_chans,
-        *size,
-        device=None if parameter is None else parameter.device,
-        dtype=None if parameter is None else parameter.dtype,
-    )
+@contextmanager
+def _probing(backbone: nn.Module) -> Iterator[None]:
+    """Eval mode (restored after) and no gradients: a probe learns nothing and moves no statistic."""
     was_training = backbone.training
     backbone.eval()
     try:
         with torch.no_grad():
-            final, _ = backbone.forward_intermediates(x, indices=[stage], stop_early=False)
+            yield
+    finally:
+        backbone.train(was_training)
+
+
+def _zero_images(backbone: nn.Module, in_chans: int, size: tuple[int, int]) -> Tensor:
+    parameter = next(backbone.parameters(), None)
+    device, dtype = (None, None) if parameter is None else (parameter.device, parameter.dtype)
+    return torch.zeros(1, in_chans, *size, device=device, dtype=dtype)
+
+
+def _forward_error(backbone: nn.Module, in_chans: int, size: tuple[int, int], stage: int) -> Exception | None:
+    """The error the encoder's backbone pass raises on one zero image of ``size``, or None if it runs."""
+    try:
+        with _probing(backbone):
+            final, _ = backbone.forward_intermediates(
+                _zero_images(backbone, in_chans, size), indices=[stage], stop_early=False
+            )
             backbone.forward_head(final, pre_logits=True)
     except torch.cuda.OutOfMemoryError:
         raise
     except _SIZE_ERRORS as err:
         return err
-    finally:
-        backbone.train(was_training)
     return None
+
+
+def _local_width(backbone: nn.Module, in_chans: int, size: int, stage: int) -> int | None:
+    """The width of stage ``stage``'s map for one zero image of ``size`` x ``size``, or None if it fails."""
+    try:
+        with _probing(backbone):
+            (local,) = backbone.forward_intermediates(
+                _zero_images(backbone, in_chans, (size, size)), indices=[stage], intermediates_only=True
+            )
+    except torch.cuda.OutOfMemoryError:
+        raise
+    except _SIZE_ERRORS:
+        return None
+    return int(local.shape[-1])
 
 
 def _default_stage(model_name: str, stages: list[dict], input_size: int, min_map_size: int) -> int:
     wide_enough = [i for i, stage in enumerate(stages) if input_size // int(stage["reduction"]) >= min_map_size]
     if not wide_enough:
+        smallest = min(int(stage["reduction"]) for stage in stages)
         raise ValueError(
             f"no stage of {model_name} gives a feature map of at least {min_map_size}x{min_map_size} "
             f"for {input_size}x{input_size} inputs (reductions: {[s['reduction'] for s in stages]}); "
-            "use larger images, a smaller patch size, or pass feature_stage= (and min_map_size=)"
+            f"use images of {min_map_size * smallest}x{min_map_size * smallest} or more (input_size=), a smaller "
+            f"patch size, or a smaller min_map_size= (and feature_stage=)"
         )
     # The deepest such stage, but keep at least one stage after it for f to build on.
     before_last = [i for i in wide_enough if i < len(stages) - 1]

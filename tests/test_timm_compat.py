@@ -181,6 +181,22 @@ def test_an_img_size_that_contradicts_input_size_is_named():
     assert 64 in sizes_named(str(refusal.value))
 
 
+def test_too_small_a_map_is_refused_naming_the_size_that_gives_one():
+    expected = r"no stage of vit_tiny_patch16_224 .* for 32x32 inputs .*use images of 64x64 or more \(input_size=\)"
+    with pytest.raises(ValueError, match=expected):
+        TimmEncoder("vit_tiny_patch16_224", global_dim=8, input_size=32)
+    encoder = TimmEncoder("vit_tiny_patch16_224", global_dim=8, input_size=32, min_map_size=2)  # or lower the bar
+    assert encoder.feature_map_size(32) == 2
+    assert encoder(torch.randn(2, 3, 32, 32))[0].shape == (2, 192, 2, 2)
+
+
+def test_feature_map_size_is_measured_where_unpadded_convs_shrink_the_map():
+    encoder = TimmEncoder("inception_v3", global_dim=8, input_size=96, hidden_dim=16)
+    assert encoder.feature_reduction == 16 and 96 // 16 == 6
+    assert encoder.feature_map_size(96) == 4  # valid convolutions: 4, not 6
+    assert encoder(torch.randn(2, 3, 96, 96))[0].shape[-1] == 4
+
+
 def test_a_failure_that_is_not_about_the_size_propagates_unchanged(monkeypatch):
     encoder = TimmEncoder("resnet10t", global_dim=8, input_size=32, hidden_dim=16)
 
@@ -324,8 +340,10 @@ def reason(outcome: Outcome) -> str:
     detail = outcome.detail
     if match := re.search(r"Sizes checked to work: ([\dx, ]+);", detail):
         return f"not {outcome.size}x{outcome.size}; works at {match.group(1)}"
-    if "no stage of" in detail:
-        return f"local map under 4x4 at {outcome.size}x{outcome.size} (total stride 32 from the first stage)"
+    if match := re.search(r"no stage of .*\(reductions: \[(\d+)", detail):
+        stride = int(match.group(1))
+        width = outcome.size // stride
+        return f"every stage has stride >= {stride}: maps of {width}x{width}; {4 * stride}x{4 * stride} gives 4x4"
     if "no pooled features" in detail:
         return "feature-only encoder: no pooled features for y"
     if "cannot give an intermediate feature map" in detail:
