@@ -117,3 +117,5 @@ def test_mistakes_exit_1_with_one_line(diagnosed, tmp_path, capsys):
     ]
     assert main(["diagnose", found["dim-l"], "--labels", "A,B"]) == 1
     assert "2 labels for 1 checkpoints" in capsys.readouterr().err
+    assert main(["diagnose", found["dim-l"], "--position", "y,proj"]) == 1
+    assert "2 positions for 1 checkpoints" in capsys.readouterr().err

@@ -22,6 +22,14 @@ def _positive(text: str) -> int:
     return value
 
 
+def _positions(text: str) -> str | list[str]:
+    names = [name.strip() for name in text.split(",")]
+    wrong = [name for name in names if name not in ("y", "fc", "pool", "proj")]
+    if wrong:
+        raise argparse.ArgumentTypeError(f"positions are y, fc, pool or proj; got {', '.join(wrong)}")
+    return names[0] if len(names) == 1 else names
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "checkpoints", nargs="+", metavar="CHECKPOINT", help="dim-ssl checkpoints, e.g. runs/a/checkpoints/last.ckpt"
@@ -34,9 +42,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--position",
-        choices=["y", "fc", "pool", "proj"],
-        help="the representation measured (default: y where the method trains it, DIM; else pool; "
-        "proj: a contrastive method's projection output)",
+        type=_positions,
+        metavar="P[,P...]",
+        help="the representation measured: y, fc, pool or proj (a contrastive method's projection output), "
+        "one for every checkpoint or one each (default: y where the method trains it, DIM; else pool)",
     )
     parser.add_argument(
         "--estimator", choices=list(ESTIMATOR_NAMES), default="dv", help="the MI bound (default: dv, MINE's)"

@@ -171,7 +171,7 @@ def plot_diagnostics(rows: Sequence[Mapping[str, Any]], columns: Sequence[str], 
 def diagnose_checkpoints(
     checkpoints: Sequence[str | os.PathLike],
     labels: Sequence[str] | None = None,
-    position: str | None = None,
+    position: str | Sequence[str | None] | None = None,
     estimator: str = "dv",
     probes: Sequence[str] = ("knn", "linear"),
     limit_train: int | None = None,
@@ -190,6 +190,7 @@ def diagnose_checkpoints(
         checkpoints: dim-ssl checkpoints (``RUN/checkpoints/last.ckpt``), any method.
         labels: Their names in the table; default each run's folder name.
         position: The representation; default ``y`` where the method trains it, else ``pool``.
+            One name for every checkpoint, or one per checkpoint (``None``: the default).
         estimator: The MI bound of both MI estimates: ``"dv"`` (MINE), ``"jsd"``, ``"infonce"``.
         probes: Any of ``"knn"``, ``"linear"``, ``"mlp"``; empty: no probes.
         limit_train, limit_test: Images of the probes' training split and of the held-out split
@@ -217,6 +218,9 @@ def diagnose_checkpoints(
     if estimator not in ESTIMATOR_NAMES:
         raise ValueError(f"estimator must be one of {', '.join(ESTIMATOR_NAMES)}; got {estimator!r}")
     names = _labels(paths, labels)
+    positions = list(position) if isinstance(position, (list, tuple)) else [position] * len(paths)
+    if len(positions) != len(paths):
+        raise ValueError(f"{len(positions)} positions for {len(paths)} checkpoints: give one, or one per checkpoint")
     settings = ProbeSettings(tuple(probes), knn_k, 0.1, int(seed)) if probes else None
     saved = [load_checkpoint(p)["dim_ssl"]["config"] for p in paths]  # every file checked first
     if out is None:
@@ -230,9 +234,9 @@ def diagnose_checkpoints(
     show = progress and hasattr(sys.stderr, "isatty") and sys.stderr.isatty()
     bar = tqdm(total=len(paths) * len(_STEPS), desc="diagnose", unit="step", disable=not show)
     try:
-        for path, label, config in zip(paths, names, saved):
+        for path, label, config, wanted in zip(paths, names, saved, positions):
             model = model_from_checkpoint(path)
-            chosen = representation_position(model, position)
+            chosen = representation_position(model, wanted)
             data_config = config["data"]
             image_size, channels = input_format(data_config)
             data = probe_data(
@@ -298,7 +302,7 @@ def diagnose_checkpoints(
     resolved = {
         "checkpoints": [str(p) for p in paths],
         "labels": names,
-        "position": position,
+        "positions": positions,
         "estimator": estimator,
         "x": "the normalised image, flattened",
         "local": "the feature map's vector at one location drawn at random per image",
