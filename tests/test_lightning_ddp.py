@@ -76,3 +76,24 @@ def test_two_process_ddp_trains_a_two_view_method_with_its_frozen_summary_mlp(tm
     assert math.isfinite(summary["final_loss"]) and summary["knn_acc"] is not None
     checkpoint = load_checkpoint(out / "checkpoints" / "last.ckpt")
     assert checkpoint["global_step"] == 2 and checkpoint["dim_ssl"]["config"]["method"]["name"] == name
+
+
+def test_two_process_ddp_resumed_ends_like_an_uninterrupted_two_process_run(tmp_path):
+    # Two ranks, 2 steps an epoch. One run of 2 epochs; another stopped after epoch 1 and resumed
+    # to 2 with --resume: every logged number must match (sampler shards, RNG states, epoch
+    # means and the gathered negatives of both ranks restored).
+    args = ["pretrain", QUICKSTART, *TWO_RANKS, "method.head.negatives=shuffle"]
+    whole, halves = tmp_path / "whole", tmp_path / "halves"
+    reference = run_cli([*args, "trainer.max_epochs=2", f"output_dir={whole}"], timeout=300)
+    assert reference.returncode == 0, reference.stderr[-3000:]
+    first = run_cli([*args, "trainer.max_epochs=1", f"output_dir={halves}"], timeout=300)
+    assert first.returncode == 0, first.stderr[-3000:]
+    resumed = run_cli([*args, "trainer.max_epochs=2", f"output_dir={halves}", "--resume"], timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resuming" in resumed.stdout
+
+    expected, got = read_summary(whole), read_summary(halves)
+    assert (got["world_size"], got["steps"], got["epochs"]) == (2, 4, 2)
+    for key in ("final_loss", "online_acc", "knn_acc"):
+        assert got[key] == pytest.approx(expected[key], rel=1e-6, abs=1e-7), key
+    assert read_metrics(halves) == read_metrics(whole)
