@@ -136,7 +136,7 @@ def test_harness_overhead_writes_both_loops_and_refuses_stray_overrides(tmp_path
     assert code == 0, capsys.readouterr().err
     result = json.loads((tmp_path / "overhead.json").read_text())
     assert len(result["plain_images_per_s"]) == 2 and min(result["plain_images_per_s"]) > 0
-    assert result["harness"]["steps"] > 0 and result["harness_vs_plain"] > 0
+    assert result["harness"]["steps"] > 0 and result["harness_vs_plain"] > 0 and result["harness_vs_plain_cpu"] > 0
     assert "| harness, training clock |" in (tmp_path / "overhead.md").read_text()
     assert main(["bench", "method.name=dim", "--out", str(tmp_path)]) == 2
     assert "need --harness CONFIG" in capsys.readouterr().err

@@ -10,7 +10,9 @@ machine's load during the measurement shows as a difference between its two runs
 
 Reported: the harness's training images/s (the budget's clock: training batches with their
 loading, validation off the clock), its images/s over the whole run (validation and checkpoints
-included), the plain loop's, and the ratios.
+included), the plain loop's, and the ratios; each also per second of this process's CPU time,
+which other load on the machine hardly moves (one thread per process: CPU time is then the
+time the loop would take on an idle core).
 
 Example::
 
@@ -26,6 +28,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 import torch
+from pytorch_lightning.callbacks import Callback
 from torch.utils.data import DataLoader
 
 from eval.methods import MethodModule, build_method
@@ -77,6 +80,7 @@ def plain_loop(model: MethodModule, datamodule: PretrainDataModule, seconds: flo
     )
     images = steps = 0
     started: float | None = None
+    cpu_started = 0.0
     for batch, _ in itertools.chain.from_iterable(itertools.repeat(loader)):
         views = list(batch) if isinstance(batch, (list, tuple)) else [batch]
         loss = model.training_loss(views).loss
@@ -85,13 +89,48 @@ def plain_loop(model: MethodModule, datamodule: PretrainDataModule, seconds: flo
         optimizer.step()
         steps += 1
         if steps == WARMUP_STEPS:
-            started = time.perf_counter()
+            started, cpu_started = time.perf_counter(), time.process_time()
         elif started is not None:
             images += views[0].shape[0]
             if time.perf_counter() - started >= seconds:
                 break
     elapsed = time.perf_counter() - started if started is not None else float("nan")
-    return {"images_per_s": images / elapsed, "steps": steps - WARMUP_STEPS, "seconds": elapsed}
+    cpu = time.process_time() - cpu_started if started is not None else float("nan")
+    return {
+        "images_per_s": images / elapsed,
+        "images_per_cpu_s": images / cpu,
+        "steps": steps - WARMUP_STEPS,
+        "seconds": elapsed,
+    }
+
+
+class CpuClock(Callback):
+    """This process's CPU seconds while fitting, and those of its training alone (validation off).
+
+    CPU time, unlike wall-clock time, hardly moves when other processes load the machine, so
+    ratios of images per CPU-second compare loops measured minutes apart.
+    """
+
+    def __init__(self) -> None:
+        self.fit_cpu_s = self.validation_cpu_s = 0.0
+        self._fit = self._validation = 0.0
+
+    def on_train_start(self, trainer: Any, pl_module: Any) -> None:
+        self._fit = time.process_time()
+
+    def on_train_end(self, trainer: Any, pl_module: Any) -> None:
+        self.fit_cpu_s = time.process_time() - self._fit
+
+    def on_validation_start(self, trainer: Any, pl_module: Any) -> None:
+        self._validation = time.process_time()
+
+    def on_validation_end(self, trainer: Any, pl_module: Any) -> None:
+        if trainer.training or trainer.state.fn == "fit":
+            self.validation_cpu_s += time.process_time() - self._validation
+
+    @property
+    def train_cpu_s(self) -> float:
+        return self.fit_cpu_s - self.validation_cpu_s
 
 
 def harness_throughput(config: Mapping[str, Any], seconds: float) -> dict[str, float]:
@@ -102,8 +141,11 @@ def harness_throughput(config: Mapping[str, Any], seconds: float) -> dict[str, f
             "output_dir": str(Path(folder) / "run"),
             "trainer": {**config["trainer"], "max_time_s": float(seconds), "max_epochs": 1000},
         }
-        summary = pretrain(run, echo=lambda message: None)
+        clock = CpuClock()
+        summary = pretrain(run, callbacks=[clock], echo=lambda message: None)
     return {
+        "images_per_cpu_s": summary["images"] / clock.train_cpu_s,
+        "whole_run_images_per_cpu_s": summary["images"] / clock.fit_cpu_s,
         "images_per_s": float(summary["images_per_s"]),
         "steps": int(summary["steps"]),
         "train_time_s": float(summary["train_time_s"]),
@@ -122,6 +164,7 @@ def harness_overhead(config: Mapping[str, Any], seconds: float, log: Callable[[s
     log(f"  {harness['images_per_s']:.0f} img/s; plain loop again ...")
     second = plain_loop_throughput(config, seconds)
     plain = (first["images_per_s"] + second["images_per_s"]) / 2
+    plain_cpu = (first["images_per_cpu_s"] + second["images_per_cpu_s"]) / 2
     return {
         "method": config["method"]["name"],
         "encoder": config["encoder"]["name"],
@@ -131,21 +174,27 @@ def harness_overhead(config: Mapping[str, Any], seconds: float, log: Callable[[s
         "harness": harness,
         "harness_vs_plain": harness["images_per_s"] / plain,
         "harness_whole_run_vs_plain": harness["whole_run_images_per_s"] / plain,
+        "plain_images_per_cpu_s": [first["images_per_cpu_s"], second["images_per_cpu_s"]],
+        "harness_vs_plain_cpu": harness["images_per_cpu_s"] / plain_cpu,
+        "harness_whole_run_vs_plain_cpu": harness["whole_run_images_per_cpu_s"] / plain_cpu,
     }
 
 
 def format_overhead(result: Mapping[str, Any]) -> str:
-    """A short table of :func:`harness_overhead`'s result."""
-    plain = result["plain_images_per_s"]
+    """A short table of :func:`harness_overhead`'s result: images per wall-clock and per CPU second."""
+    plain, plain_cpu = result["plain_images_per_s"], result["plain_images_per_cpu_s"]
     harness = result["harness"]
     return "\n".join(
         [
             f"{result['method']} on {result['encoder']}, batch {result['batch_size']}, {result['seconds']:.0f} s each",
-            "| loop | images/s | vs plain |",
-            "|---|---|---|",
-            f"| plain PyTorch loop (before, after) | {plain[0]:.0f}, {plain[1]:.0f} | 1.00 |",
-            f"| harness, training clock | {harness['images_per_s']:.0f} | {result['harness_vs_plain']:.2f} |",
+            "| loop | images/s | vs plain | images/CPU-s | vs plain (CPU) |",
+            "|---|---|---|---|---|",
+            f"| plain PyTorch loop (before, after) | {plain[0]:.0f}, {plain[1]:.0f} | 1.00 "
+            f"| {plain_cpu[0]:.0f}, {plain_cpu[1]:.0f} | 1.00 |",
+            f"| harness, training clock | {harness['images_per_s']:.0f} | {result['harness_vs_plain']:.2f} "
+            f"| {harness['images_per_cpu_s']:.0f} | {result['harness_vs_plain_cpu']:.2f} |",
             f"| harness, whole run (validation, checkpoints) | {harness['whole_run_images_per_s']:.0f} "
-            f"| {result['harness_whole_run_vs_plain']:.2f} |",
+            f"| {result['harness_whole_run_vs_plain']:.2f} | {harness['whole_run_images_per_cpu_s']:.0f} "
+            f"| {result['harness_whole_run_vs_plain_cpu']:.2f} |",
         ]
     )
