@@ -16,7 +16,7 @@ import difflib
 import inspect
 from contextlib import contextmanager
 from itertools import chain
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -200,6 +200,41 @@ class TimmEncoder(nn.Module):
         feature_map = F.relu(local)
         hidden = self.fc(pooled)
         return EncoderOutput(feature_map, pooled, hidden, self.to_summary(hidden))
+
+    def encode_with(self, x: Tensor, stages: Sequence[int]) -> tuple[EncoderOutput, list[Tensor]]:
+        """:meth:`encode`, plus the post-ReLU maps of further stages from the same pass.
+
+        Multi-scale objectives (AMDIM's, ``eval.methods.MultiViewDIM(second_stage=...)``) score
+        local features of several depths at once.
+
+        Args:
+            x: Images ``(N, in_chans, H, W)``.
+            stages: Indices into ``backbone.feature_info`` (channels: ``stage_channels``).
+
+        Raises:
+            ValueError: a stage that does not exist, or what :meth:`encode` raises.
+        """
+        stages = [self._check_stage(stage) for stage in stages]
+        self._check_input(x)
+        # timm returns one map per distinct index, in increasing order.
+        indices = sorted({self.feature_stage % len(self.backbone.feature_info), *stages})
+        with self._size_errors_named(x):
+            final, maps = self.backbone.forward_intermediates(x, indices=indices, stop_early=False)
+            pooled = self.backbone.forward_head(final, pre_logits=True).flatten(1)
+        by_stage = {index: F.relu(m) for index, m in zip(indices, maps)}
+        hidden = self.fc(pooled)
+        feature_map = by_stage[self.feature_stage % len(self.backbone.feature_info)]
+        return EncoderOutput(feature_map, pooled, hidden, self.to_summary(hidden)), [by_stage[s] for s in stages]
+
+    def stage_channels(self, stage: int) -> int:
+        """Channels of a stage's map (an index into ``backbone.feature_info``)."""
+        return int(self.backbone.feature_info[self._check_stage(stage)]["num_chs"])
+
+    def _check_stage(self, stage: int) -> int:
+        count = len(self.backbone.feature_info)
+        if not -count <= stage < count:
+            raise ValueError(f"{self.model_name} has stages 0..{count - 1} (backbone.feature_info); got stage {stage}")
+        return stage % count
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """``x -> (feature_map (N, C, M, M), y (N, D))``."""

@@ -18,7 +18,7 @@ with gradients, and ``summary_parameters`` the MLP that only DIM trains.
 from __future__ import annotations
 
 from itertools import chain
-from typing import Iterator
+from typing import Iterator, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -112,6 +112,37 @@ class PaperEncoder(nn.Module):
         pooled = self.last_conv(feature_map).flatten(1)
         hidden = self.fc(pooled)
         return EncoderOutput(feature_map, pooled, hidden, self.to_y(hidden))
+
+    def encode_with(self, x: Tensor, stages: Sequence[int]) -> tuple[EncoderOutput, list[Tensor]]:
+        """:meth:`encode`, plus the maps of further conv blocks from the same pass.
+
+        Args:
+            x: Images ``(N, in_chans, image_size, image_size)``.
+            stages: Conv blocks, 0 to 2: 0 is 64 x 2M x 2M, 1 the local map (128 x M x M), 2 the
+                last conv (256 x M/2 x M/2); all post-ReLU (``stage_channels`` gives the widths).
+
+        Raises:
+            ValueError: a block that does not exist, or an input of the wrong shape.
+        """
+        stages = [self._check_stage(stage) for stage in stages]
+        self._check_input(x)
+        first = self.local[0](x)
+        feature_map = self.local[1](first)
+        last = self.last_conv(feature_map)
+        pooled = last.flatten(1)
+        hidden = self.fc(pooled)
+        blocks = (first, feature_map, last)
+        return EncoderOutput(feature_map, pooled, hidden, self.to_y(hidden)), [blocks[s] for s in stages]
+
+    def stage_channels(self, stage: int) -> int:
+        """Channels of a conv block's map (0: 64, 1: 128, 2: 256)."""
+        return (64, self.feature_channels, 256)[self._check_stage(stage)]
+
+    @staticmethod
+    def _check_stage(stage: int) -> int:
+        if not -3 <= stage < 3:
+            raise ValueError(f"the paper encoder has conv blocks 0..2; got stage {stage}")
+        return stage % 3
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """``(feature_map, y)``: C(x) of shape (N, 128, M, M) with M = image_size / 4, and y (N, D)."""

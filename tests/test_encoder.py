@@ -94,3 +94,18 @@ def test_wrong_input_channels_are_refused():
     encoder = TimmEncoder("resnet18", in_chans=1)
     with pytest.raises(ValueError, match=r"expected images of shape \(N, 1, H, W\); got \(2, 3, 32, 32\)"):
         encoder(torch.randn(2, 3, 32, 32))
+
+
+def test_encode_with_adds_other_stages_maps_from_the_same_pass():
+    torch.manual_seed(0)
+    encoder = TimmEncoder("test_resnet", global_dim=8, in_chans=1, input_size=32).eval()
+    x = torch.randn(2, 1, 32, 32)
+    stage = encoder.feature_stage
+    encoded, maps = encoder.encode_with(x, [stage, 0])  # the local stage itself, and the first
+    plain = encoder.encode(x)
+    assert all(torch.equal(a, b) for a, b in zip(encoded, plain))
+    assert torch.equal(maps[0], plain.feature_map)
+    assert maps[1].shape[1] == encoder.stage_channels(0) and maps[1].shape[-1] > plain.feature_map.shape[-1]
+    assert (maps[1] >= 0).all()  # post-ReLU, as the local map
+    with pytest.raises(ValueError, match="has stages 0.."):
+        encoder.encode_with(x, [len(encoder.backbone.feature_info)])

@@ -193,3 +193,46 @@ def test_moco_plus_dim_is_mocos_loss_plus_lam_times_dims_local_term_on_the_query
         assert step.terms["local_mi"].item() == pytest.approx(dim.local_mi.item(), rel=1e-5)
     with pytest.raises(ValueError, match="dim_weight must be a weight >= 0"):
         build(MoCoDIM, dim_weight=-1.0)
+
+
+@pytest.mark.parametrize("kind", ["paper", "timm"])
+def test_a_second_scale_scores_another_stages_map_against_the_other_views_summary(kind):
+    torch.manual_seed(0)
+    if kind == "paper":
+        encoder, stage, shape = dim_ssl.PaperEncoder(global_dim=16, in_chans=1, hidden_dim=64), 2, SHAPE
+    else:
+        encoder = dim_ssl.TimmEncoder("test_resnet", global_dim=16, in_chans=1, hidden_dim=64, input_size=32)
+        stage, shape = 1, SHAPE
+    model = MultiViewDIM(encoder, num_classes=10, image_shape=shape, head=HEAD, second_stage=stage)
+    assert model.second_head.local_channels == encoder.stage_channels(stage)
+    x = torch.randn(6, *shape)
+    views = [x, shifted(x, 2)]
+    step = model.training_loss(views)
+    # By hand from one pass: the cross-view loss of the main map plus that of the stage's map.
+    encoded, (second,) = encoder.encode_with(torch.cat(views), [stage])
+    maps, seconds, summaries = encoded.feature_map.chunk(2), second.chunk(2), encoded.y.chunk(2)
+    pairs = [(0, 1), (1, 0)]
+    main = torch.stack([model.head(maps[a], summaries[b]).loss for a, b in pairs]).mean()
+    scale = [model.second_head(seconds[a], summaries[b]) for a, b in pairs]
+    assert step.loss.item() == pytest.approx((main + torch.stack([o.loss for o in scale]).mean()).item(), rel=1e-5)
+    assert step.terms["second_scale_mi"].item() == pytest.approx(torch.stack([o.local_mi for o in scale]).mean().item())
+    assert second.shape[-1] != encoded.feature_map.shape[-1]  # another scale: another map size
+
+
+def test_encode_with_gives_the_encodes_tensors_and_refuses_unknown_stages():
+    torch.manual_seed(0)
+    encoder = dim_ssl.PaperEncoder(global_dim=16, in_chans=1, hidden_dim=64).eval()
+    x = torch.randn(3, *SHAPE)
+    encoded, maps = encoder.encode_with(x, [0, 1, 2])
+    plain = encoder.encode(x)
+    assert all(torch.equal(a, b) for a, b in zip(encoded, plain))
+    assert [tuple(m.shape[1:]) for m in maps] == [(64, 16, 16), (128, 8, 8), (256, 4, 4)]
+    assert torch.equal(maps[1], plain.feature_map)
+    with pytest.raises(ValueError, match="conv blocks 0..2; got stage 3"):
+        encoder.encode_with(x, [3])
+    with pytest.raises(ValueError, match="second_stage needs an encoder with encode_with"):
+
+        class NoStages(dim_ssl.PaperEncoder):
+            encode_with = None
+
+        MultiViewDIM(NoStages(global_dim=16, in_chans=1), num_classes=10, image_shape=SHAPE, second_stage=0)

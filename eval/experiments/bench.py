@@ -120,6 +120,11 @@ CASES: dict[str, BenchCase] = {
         "mvdim",
         {"head": {"estimator": "infonce"}, "local_to_local": 1.0},
     ),
+    "mvdim_two_scales": BenchCase(
+        "multi-view DIM + a second local scale (the next stage), InfoNCE dot critic",
+        "mvdim",
+        {"head": {"estimator": "infonce"}, "second_stage": -1},
+    ),
     "simclr_dim": BenchCase(
         "SimCLR + DIM's local term (InfoNCE dot critic), lam = 1", "simclr+dim", {"head": {"estimator": "infonce"}}
     ),

@@ -124,9 +124,15 @@ class MultiViewDIM(MultiViewMethod):
         local_to_local: Weight of AMDIM's local-to-local term (0: off): a random location of
             each view against every location of the other, through a second head with the
             same estimator, critic and negatives (local term only, no prior).
+        second_stage: A second local scale, AMDIM's multi-scale objective: the map of this
+            backbone stage (an index into ``backbone.feature_info``; the paper encoder's conv
+            block 0, 1 or 2) of each view against the summary of every other view, through its
+            own head (local term only), added to the loss. Needs an encoder with
+            ``encode_with(x, stages)`` and ``stage_channels`` (``TimmEncoder``, ``PaperEncoder``):
+            both maps come from one pass.
 
     Logged terms: those of DIM (``train_local_mi``, ...), averaged over the ordered view pairs,
-    and ``train_local_to_local_mi`` when that term is on.
+    and ``train_local_to_local_mi`` and ``train_second_scale_mi`` when those terms are on.
     """
 
     # The paper's code, as DIM: Adam, lr 1e-4, betas (0.5, 0.999), no schedule.
@@ -142,6 +148,7 @@ class MultiViewDIM(MultiViewMethod):
         views: int = 2,
         head: Mapping[str, Any] = HEAD_DEFAULTS,
         local_to_local: float = 0.0,
+        second_stage: int | None = None,
         **common: Any,
     ) -> None:
         if views < 2:
@@ -158,7 +165,18 @@ class MultiViewDIM(MultiViewMethod):
             settings = {**HEAD_DEFAULTS, **dict(head), "alpha": 0.0, "beta": 1.0, "gamma": 0.0}
             channels = encoder.feature_channels
             self.local_head = DIMHead(channels, channels, **settings)
-        self.track_terms(*self.terms, *(("local_to_local_mi",) if self.local_head is not None else ()))
+        self.second_stage = second_stage
+        self.second_head: DIMHead | None = None
+        if second_stage is not None:
+            if not callable(getattr(encoder, "encode_with", None)):
+                raise ValueError(
+                    f"second_stage needs an encoder with encode_with(x, stages) and stage_channels(stage) "
+                    f"(TimmEncoder, PaperEncoder); {type(encoder).__name__} has none"
+                )
+            settings = {**HEAD_DEFAULTS, **dict(head), "alpha": 0.0, "beta": 1.0, "gamma": 0.0}
+            self.second_head = DIMHead(encoder.stage_channels(second_stage), encoder.global_dim, **settings)
+        heads = {"local_to_local_mi": self.local_head, "second_scale_mi": self.second_head}
+        self.track_terms(*self.terms, *(name for name, extra in heads.items() if extra is not None))
 
     def view_options(self, channels: int) -> dict[str, Any]:
         """:class:`TranslationViews` with this method's view count, colour changes for colour data."""
@@ -168,7 +186,11 @@ class MultiViewDIM(MultiViewMethod):
         """The mean over ordered view pairs (a, b), a != b, of the head on (map of a, summary of b)."""
         count = len(views)
         # One pass over every view: BatchNorm sees all of them, and one batch is faster.
-        encoded = self.encoder.encode(torch.cat(list(views)))
+        batch = torch.cat(list(views))
+        if self.second_head is None:
+            encoded, second = self.encoder.encode(batch), None
+        else:
+            encoded, (second,) = self.encoder.encode_with(batch, [self.second_stage])
         maps, summaries = encoded.feature_map.chunk(count), encoded.y.chunk(count)
         pairs = list(itertools.permutations(range(count), 2))
         outputs = [self.head(maps[a], summaries[b]) for a, b in pairs]
@@ -180,6 +202,11 @@ class MultiViewDIM(MultiViewMethod):
             local = [self.local_head(maps[b], random_location(maps[a])) for a, b in pairs]
             loss = loss + self.local_to_local * torch.stack([out.loss for out in local]).mean()
             terms["local_to_local_mi"] = torch.stack([out.local_mi for out in local]).mean()
+        if self.second_head is not None:
+            second_maps = second.chunk(count)
+            scale = [self.second_head(second_maps[a], summaries[b]) for a, b in pairs]
+            loss = loss + torch.stack([out.loss for out in scale]).mean()
+            terms["second_scale_mi"] = torch.stack([out.local_mi for out in scale]).mean()
         return StepOutput(loss, features=by_position(encoded), terms=terms)
 
 
