@@ -60,7 +60,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--image-size", type=int, default=32, help="square input size (default: 32)")
     parser.add_argument("--channels", type=int, default=3, help="input channels (default: 3)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
-    parser.add_argument("--rounds", type=int, default=5, help="rounds over all methods; medians are reported (default: 5)")
+    parser.add_argument(
+        "--rounds", type=int, default=5, help="rounds over all methods; medians are reported (default: 5)"
+    )
     parser.add_argument("--steps", type=int, default=3, help="timed training steps per method per round (default: 3)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps per method before the rounds (default: 2)")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
