@@ -100,3 +100,11 @@ def test_same_seed_same_numbers_and_another_seed_other_numbers(reference, tmp_pa
     first = pretrain(_config(fresh(tmp_path / "first"), "trainer.max_epochs=1"), echo=lambda m: None)
     assert again["final_loss"] == first["final_loss"]
     assert other["final_loss"] != first["final_loss"]
+
+
+def test_signal_handlers_are_as_before_after_a_run(tmp_path):
+    # compare, sweep and transfer run several trainings in one process: a SIGTERM between two of
+    # them must stop the process, not meet a handler the previous trainer left behind.
+    before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    pretrain(_config(tmp_path / "run", "trainer.max_epochs=1"), echo=lambda m: None)
+    assert {s: signal.getsignal(s) for s in before} == before

@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import math
 import shutil
+import signal
 import warnings
 from datetime import timedelta
 from pathlib import Path
@@ -217,12 +218,24 @@ def pretrain(
     )
 
     # ---- fit, then one final evaluation of the final weights ---------------------------------
-    with warnings.catch_warnings():
-        for pattern in _QUIET:
-            warnings.filterwarnings("ignore", message=pattern)
-        trainer.fit(model, datamodule=datamodule, ckpt_path=last if resume else None, weights_only=True)
-        train_metrics = {k: _number(v) for k, v in trainer.callback_metrics.items()}
-        results = trainer.validate(model, datamodule=datamodule, verbose=False)
+    # Lightning's trainer leaves its own SIGTERM handler installed after fit ("Received SIGTERM"
+    # and carry on): a command that runs several trainings (compare, sweep, transfer) would then
+    # ignore SIGTERM between them. The handlers are put back as they were when fit began.
+    handlers = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        with warnings.catch_warnings():
+            for pattern in _QUIET:
+                warnings.filterwarnings("ignore", message=pattern)
+            trainer.fit(model, datamodule=datamodule, ckpt_path=last if resume else None, weights_only=True)
+            train_metrics = {k: _number(v) for k, v in trainer.callback_metrics.items()}
+            results = trainer.validate(model, datamodule=datamodule, verbose=False)
+    finally:
+        for signum, handler in handlers.items():
+            if handler is not None and signal.getsignal(signum) is not handler:
+                try:
+                    signal.signal(signum, handler)
+                except ValueError:  # not the main thread: signals are not ours to set
+                    pass
     final = {k: _number(v) for k, v in (results[0] if results else {}).items()}
 
     # ---- summary ----------------------------------------------------------------------------
