@@ -118,7 +118,7 @@ def test_damaged_or_foreign_files_are_a_clear_error(damage, timm_checkpoint, tmp
 def test_export_of_a_damaged_file_is_a_clean_command_line_error(tmp_path, capsys):
     bad = tmp_path / "bad.ckpt"
     bad.write_bytes(os.urandom(1000))
-    assert main(["export", str(bad), str(tmp_path / "out.pth")]) == 1
+    assert main(["export", str(bad), str(tmp_path / "out.pth")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("dim-ssl export: error: file") and "is not a dim-ssl checkpoint" in err
     assert "Traceback" not in err and not (tmp_path / "out.pth").exists()

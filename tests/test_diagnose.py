@@ -109,9 +109,9 @@ def test_the_probe_columns_are_the_harness_probes_on_the_representation(diagnose
         assert (rows[label]["knn_acc"], rows[label]["linear_acc"]) == (expected["knn_acc"], expected["linear_acc"])
 
 
-def test_mistakes_exit_1_with_one_line(diagnosed, tmp_path, capsys):
+def test_mistakes_are_one_line(diagnosed, tmp_path, capsys):
     _, found = diagnosed
-    assert main(["diagnose", str(tmp_path / "missing.ckpt")]) == 1
+    assert main(["diagnose", str(tmp_path / "missing.ckpt")]) == 2  # a checkpoint error: status 2
     assert capsys.readouterr().err.strip().splitlines() == [
         f"dim-ssl diagnose: error: checkpoint {tmp_path / 'missing.ckpt'} not found"
     ]

@@ -65,7 +65,7 @@ def test_evaluate_probes_each_position_and_writes_the_table(tiny_checkpoint, cap
 def test_evaluate_refuses_a_damaged_checkpoint_or_unknown_position(tiny_checkpoint, tmp_path, capsys):
     broken = tmp_path / "broken.ckpt"
     broken.write_bytes(b"\x00" * 64)
-    assert main(["evaluate", str(broken)]) == 1
+    assert main(["evaluate", str(broken)]) == 2
     assert "is not a dim-ssl checkpoint" in capsys.readouterr().err
     assert main(["evaluate", str(tiny_checkpoint), "--positions", "proj"]) == 1
     assert "has no position proj" in capsys.readouterr().err

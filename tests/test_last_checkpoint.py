@@ -144,3 +144,18 @@ def test_a_run_killed_by_sigkill_resumes_from_its_last_mid_epoch_checkpoint(tmp_
     for key in ("final_loss", "online_acc", "knn_acc", "epochs"):
         assert got[key] == pytest.approx(expected[key], rel=1e-6, abs=1e-7), key
     assert read_metrics(killed_out) == read_metrics(reference_out)
+
+
+def test_resume_from_a_truncated_checkpoint_is_one_line_and_exit_status_2(tmp_path, capsys):
+    from eval.cli import main
+
+    out = tmp_path / "run"
+    args = ["pretrain", QUICKSTART, *RUN, "trainer.max_epochs=1", f"output_dir={out}"]
+    assert main(args) == 0
+    last = out / "checkpoints" / "last.ckpt"
+    last.write_bytes(last.read_bytes()[: last.stat().st_size // 2])  # a write cut short
+    capsys.readouterr()
+    assert main([*args, "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("dim-ssl pretrain: error:") and str(last) in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1

@@ -53,9 +53,9 @@ def run_guarded(
     try:
         resolved = resolve()
         return resolved, execute(resolved)
-    except ConfigError as err:
+    except (ConfigError, CheckpointError) as err:  # what the user gave is wrong: a config, a file
         return fail(str(err), EXIT_CONFIG_ERROR)
-    except (DatasetNotFoundError, CheckpointError, RunError, OutputInUse, *also_run_errors) as err:
+    except (DatasetNotFoundError, RunError, OutputInUse, *also_run_errors) as err:
         return fail(str(err), EXIT_RUN_ERROR)
     except TrainingInterrupted as stop:
         again = " ".join([f"dim-ssl {command}", *continue_with, *([continue_flag] if continue_flag else [])])
