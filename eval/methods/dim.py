@@ -23,7 +23,7 @@ from dim_ssl import DIMEncoder, DIMHead, DIMOutput
 from eval.methods.base import MethodModule, StepOutput, by_position
 from eval.methods.registry import register_method
 
-__all__ = ["DIM", "HEAD_DEFAULTS", "build_head", "head_terms", "term_values"]
+__all__ = ["DIM", "HEAD_DEFAULTS", "LOCAL_HEAD_DEFAULTS", "build_head", "companion_head", "head_terms", "term_values"]
 
 
 def _head_defaults() -> dict[str, Any]:
@@ -103,6 +103,23 @@ def build_head(encoder: DIMEncoder, head: Mapping[str, Any]) -> DIMHead:
     if unknown:
         raise ValueError(f"unknown head argument(s) {', '.join(unknown)}; DIMHead takes {', '.join(HEAD_DEFAULTS)}")
     return DIMHead(encoder.feature_channels, encoder.global_dim, **{**HEAD_DEFAULTS, **dict(head)})
+
+
+#: DIM's head as another method's companion (SimCLR+DIM, MoCo+DIM): the local term alone
+#: (alpha 0, beta 1, no prior).
+LOCAL_HEAD_DEFAULTS: dict[str, Any] = {**HEAD_DEFAULTS, "alpha": 0.0, "beta": 1.0, "gamma": 0.0}
+
+
+def companion_head(encoder: DIMEncoder, dim_weight: float, head: Mapping[str, Any]) -> tuple[float, DIMHead]:
+    """DIM's term added to another objective: the checked weight lam and the head (missing keys:
+    :data:`LOCAL_HEAD_DEFAULTS`).
+
+    Raises:
+        ValueError: A negative weight, or a head argument ``DIMHead`` refuses.
+    """
+    if not dim_weight >= 0:
+        raise ValueError(f"dim_weight must be a weight >= 0; got {dim_weight}")
+    return float(dim_weight), build_head(encoder, {**LOCAL_HEAD_DEFAULTS, **dict(head)})
 
 
 def head_terms(head: DIMHead) -> tuple[str, ...]:

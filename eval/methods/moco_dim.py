@@ -18,10 +18,9 @@ from torch import Tensor
 
 from dim_ssl import DIMEncoder, EncoderOutput
 from eval.methods.base import StepOutput, by_position
-from eval.methods.dim import build_head, head_terms, term_values
+from eval.methods.dim import LOCAL_HEAD_DEFAULTS, companion_head, head_terms, term_values
 from eval.methods.moco import MoCo
 from eval.methods.registry import register_method
-from eval.methods.simclr_dim import LOCAL_HEAD_DEFAULTS
 
 __all__ = ["MoCoDIM"]
 
@@ -56,10 +55,7 @@ class MoCoDIM(MoCo):
         **common: Any,
     ) -> None:
         super().__init__(encoder, num_classes, image_shape, **common)
-        if not dim_weight >= 0:
-            raise ValueError(f"dim_weight must be a weight >= 0; got {dim_weight}")
-        self.dim_weight = float(dim_weight)
-        self.head = build_head(encoder, {**LOCAL_HEAD_DEFAULTS, **dict(head)})
+        self.dim_weight, self.head = companion_head(encoder, dim_weight, head)
         self.terms = head_terms(self.head)
         self.track_terms("moco", *self.terms)
 

@@ -24,14 +24,11 @@ from torch import Tensor
 
 from dim_ssl import DIMEncoder
 from eval.methods.base import StepOutput, by_position
-from eval.methods.dim import HEAD_DEFAULTS, build_head, head_terms, term_values
+from eval.methods.dim import LOCAL_HEAD_DEFAULTS, companion_head, head_terms, term_values
 from eval.methods.registry import register_method
 from eval.methods.simclr import SimCLR
 
-__all__ = ["LOCAL_HEAD_DEFAULTS", "SimCLRDIM"]
-
-#: DIM's head as SimCLR's companion: the local term alone (alpha 0, beta 1, no prior).
-LOCAL_HEAD_DEFAULTS: dict[str, Any] = {**HEAD_DEFAULTS, "alpha": 0.0, "beta": 1.0, "gamma": 0.0}
+__all__ = ["SimCLRDIM"]
 
 
 @register_method("simclr+dim")
@@ -63,10 +60,7 @@ class SimCLRDIM(SimCLR):
         **common: Any,
     ) -> None:
         super().__init__(encoder, num_classes, image_shape, **common)
-        if not dim_weight >= 0:
-            raise ValueError(f"dim_weight must be a weight >= 0; got {dim_weight}")
-        self.dim_weight = float(dim_weight)
-        self.head = build_head(encoder, {**LOCAL_HEAD_DEFAULTS, **dict(head)})
+        self.dim_weight, self.head = companion_head(encoder, dim_weight, head)
         self.terms = head_terms(self.head)
         self.track_terms("ntxent", *self.terms)
 
