@@ -142,6 +142,6 @@ def test_config_and_folder_mistakes_are_clean_errors(tmp_path, capsys):
     assert main(["pretrain", QUICKSTART, *TINY, f"output_dir={out}", "--overwrite"]) == 0
 
     (out / "checkpoints" / "last.ckpt").write_bytes(b"\x00" * 100)
-    assert main(["pretrain", QUICKSTART, *TINY, f"output_dir={out}", "--resume"]) == 1
+    assert main(["pretrain", QUICKSTART, *TINY, f"output_dir={out}", "--resume"]) == 2  # a damaged checkpoint: status 2
     err = capsys.readouterr().err
     assert "is not a dim-ssl checkpoint" in err and "last.ckpt" in err
