@@ -51,6 +51,7 @@ from eval.experiments.report import format_markdown_table, write_report
 from eval.methods.encoders import build_encoder
 from eval.plain import plain
 from eval.probes.suite import (
+    ProbeData,
     ProbeSettings,
     feature_dim,
     format_accuracies,
@@ -213,6 +214,23 @@ class MethodEntry:
     def slug(self) -> str:
         """The label as a folder name: ``"DIM(L)"`` -> ``"dim-l"``."""
         return folder_name(self.label)
+
+
+def section_probe_data(base: Mapping[str, Any], section: Mapping[str, Any]) -> ProbeData:
+    """The probes' train/test data of an experiment (compare, sweep): the run configuration's
+    dataset and held-out split, at the section's probe limits (else the run's own limits)."""
+    data_config = base["data"]
+    return probe_data(
+        data_config["dataset"],
+        data_config["image_size"],
+        data_config["channels"],
+        root=data_config["root"],
+        limit_train=section["probe_limit_train"] or data_config["limit_train"],
+        limit_test=section["probe_limit_test"] or data_config["limit_val"],
+        test_split=data_config["val_split"],
+        download=data_config["download"],
+        holdout=data_config["holdout"],
+    )
 
 
 def folder_name(label: str) -> str:
@@ -753,18 +771,7 @@ def run_comparison(
     (out / "config.yaml").write_text(dump_config(comparison.resolved()))
     settings = probe_settings(section, int(base["seed"]), "compare")
 
-    data_config = base["data"]
-    data = probe_data(
-        data_config["dataset"],
-        data_config["image_size"],
-        data_config["channels"],
-        root=data_config["root"],
-        limit_train=section["probe_limit_train"] or data_config["limit_train"],
-        limit_test=section["probe_limit_test"] or data_config["limit_val"],
-        test_split=data_config["val_split"],
-        download=data_config["download"],
-        holdout=data_config["holdout"],
-    )
+    data = section_probe_data(base, section)
     curve_data = curve_subsets(data, section["curve"])
     budget = describe_budget(section["budget"], comparison.configs[0])
     echo(

@@ -57,12 +57,12 @@ from eval.experiments.compare import (
     method_rows,
     method_user_config,
     probe_settings,
+    section_probe_data,
     validate_section,
 )
 from eval.experiments.memory import PeakMemory
 from eval.experiments.report import format_markdown_table, write_report
 from eval.plain import plain
-from eval.probes.suite import probe_data
 from eval.training.checkpoint import load_checkpoint
 from eval.training.config import config_diff, dump_config, flatten, resolve_config
 from eval.training.pretrain import pretrain
@@ -503,18 +503,7 @@ def run_sweep(
     _prepare(sweep, overwrite)
     (out / "config.yaml").write_text(dump_config(sweep.resolved()))
     settings = probe_settings(section, int(base["seed"]), "sweep")
-    data_config = base["data"]
-    data = probe_data(
-        data_config["dataset"],
-        data_config["image_size"],
-        data_config["channels"],
-        root=data_config["root"],
-        limit_train=section["probe_limit_train"] or data_config["limit_train"],
-        limit_test=section["probe_limit_test"] or data_config["limit_val"],
-        test_split=data_config["val_split"],
-        download=data_config["download"],
-        holdout=data_config["holdout"],
-    )
+    data = section_probe_data(base, section)
     budget = describe_budget(section["budget"], sweep.cells[0].config)
     grid_text = " x ".join(
         f"{sweep.columns[k]} [{', '.join(_show(v) for v in vs)}]" for k, vs in section["grid"].items()
