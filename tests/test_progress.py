@@ -24,3 +24,10 @@ def test_short_steps_and_disabled_progress_print_nothing():
     with Progress(3, "features", every_s=0.0, enabled=False, stream=stream) as progress:
         progress.update(3)
     assert stream.getvalue() == ""
+
+
+def test_units_are_pluralised_as_words():
+    stream = io.StringIO()
+    with Progress(2, "features of 10 images", unit="batch", every_s=0.0, stream=stream) as progress:
+        progress.update()
+    assert "1/2 batches," in stream.getvalue()

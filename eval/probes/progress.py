@@ -40,6 +40,7 @@ class Progress:
         stream: TextIO | None = None,
     ) -> None:
         self.total, self.desc, self.unit, self.every_s = int(total), desc, unit, float(every_s)
+        self.plural = unit + ("es" if unit.endswith(("s", "sh", "ch", "x")) else "s")  # batch -> batches
         self.stream = stream if stream is not None else sys.stderr
         terminal = hasattr(self.stream, "isatty") and self.stream.isatty()
         self.bar = None
@@ -64,7 +65,7 @@ class Progress:
         """``"desc: 3/10 fits, 42 s, about 98 s left"``."""
         elapsed = (time.monotonic() if now is None else now) - self._started
         left = elapsed / self.done * (self.total - self.done) if self.done else float("nan")
-        return f"{self.desc}: {self.done}/{self.total} {self.unit}s, {elapsed:.0f} s, about {left:.0f} s left"
+        return f"{self.desc}: {self.done}/{self.total} {self.plural}, {elapsed:.0f} s, about {left:.0f} s left"
 
     def close(self) -> None:
         if self.bar is not None:
