@@ -252,3 +252,42 @@ def test_a_second_run_refuses_the_folder_then_reuses_the_finished_methods(tiny_c
     assert result["methods"]["DIM(L)"]["reused"] and not result["methods"]["MoCo"]["reused"]
     assert {row["method"] for row in result["rows"]} == ALL_ROWS
     assert all("linear_acc" not in row or row["linear_acc"] is None for row in result["rows"])
+
+
+def test_seeds_run_every_method_per_seed_and_report_mean_std_and_the_paired_gain(tmp_path):
+    from eval.experiments.compare import run_comparison
+
+    out = tmp_path / "seeds"
+    overrides = [*TINY_COMPARE, "compare.probes=[knn]", "compare.seeds=[0,1]", "compare.curve.every_n_epochs=0"]
+    comparison = resolve_comparison(QUICKSTART, [*overrides, f"output_dir={out}"], only=["DIM(L)"])
+    assert [c["seed"] for c in comparison.seed_configs[0]] == [0, 1]
+    assert comparison.seed_configs[0][1]["output_dir"] == str(out / "dim-l" / "seed-1")
+    result = run_comparison(comparison, echo=lambda line: None)
+
+    per_seed = json.loads((out / "comparison_seeds.json").read_text())
+    key = {(r["method"], r["position"], r["seed"]): r for r in per_seed}
+    assert set(key) == {
+        (m, p, s)
+        for m, p in [("DIM(L)", "pool"), ("DIM(L)", "conv"), ("random init", "pool"), ("random init", "conv")]
+        for s in (0, 1)
+    } | {("raw pixels", "pixels", None)}
+    # Each seed builds its own untrained encoder, and each trained row is paired with its own seed's.
+    assert (out / "dim-l" / "seed-0" / "checkpoints" / "last.ckpt").is_file()
+    assert (out / "dim-l" / "seed-1" / "checkpoints" / "last.ckpt").is_file()
+    for seed in (0, 1):
+        trained, untrained = key[("DIM(L)", "pool", seed)], key[("random init", "pool", seed)]
+        assert trained["knn_gain"] == pytest.approx(trained["knn_acc"] - untrained["knn_acc"])
+
+    summary = {(r["method"], r["position"]): r for r in json.loads((out / "comparison.json").read_text())}
+    dim = summary[("DIM(L)", "pool")]
+    seeds = [key[("DIM(L)", "pool", s)]["knn_acc"] for s in (0, 1)]
+    assert dim["seeds"] == 2 and dim["knn_acc"] == pytest.approx(np.mean(seeds))
+    assert dim["knn_acc_std"] == pytest.approx(np.std(seeds, ddof=1))
+    assert "±" in (out / "comparison.md").read_text() or seeds[0] == seeds[1]
+    assert result["seeds"] == [0, 1] and len(result["seed_rows"]) == len(per_seed)
+
+
+@pytest.mark.parametrize("seeds", ["[0,0]", "[]", "[-1]", "3"])
+def test_bad_seeds_are_named(tmp_path, seeds):
+    with pytest.raises(ConfigError, match="compare.seeds"):
+        resolve_comparison(QUICKSTART, [f"compare.seeds={seeds}", f"output_dir={tmp_path}"])

@@ -15,7 +15,11 @@
 3. random init: the configuration's encoder as the seed builds it before any training (the
    very weights every method starts from), probed alike;
 4. raw pixels: the normalised input images, flattened, probed alike;
-5. outputs: ``comparison.md/.csv/.json`` (the table), ``curves.csv`` and
+5. seeds (``compare.seeds``): steps 2 and 3 once per seed; every trained row gets its gain over
+   the untrained encoder of the same seed at the same position (``knn_gain``, ...), and with
+   several seeds the table is their mean ± standard deviation (:mod:`eval.experiments.seeds`;
+   every seed's rows in ``comparison_seeds.md/.csv/.json``);
+6. outputs: ``comparison.md/.csv/.json`` (the table), ``curves.csv`` and
    ``accuracy_vs_time.png``, ``embeddings.png`` (2-D PCA of the test features, coloured by
    class), ``results.json`` (everything), ``config.yaml`` (the resolved configuration).
 
@@ -48,6 +52,7 @@ from eval.experiments.curve import ProbeCurve
 from eval.experiments.memory import PeakMemory
 from eval.experiments.plots import plot_accuracy_vs_time, plot_embeddings
 from eval.experiments.report import format_markdown_table, write_report
+from eval.experiments.seeds import add_gains, gain_column, std_column, summarise_seeds
 from eval.methods.encoders import build_encoder
 from eval.plain import plain
 from eval.probes.suite import (
@@ -81,6 +86,7 @@ __all__ = [
     "Comparison",
     "MethodEntry",
     "apply_budget",
+    "check_seeds",
     "describe_budget",
     "folder_name",
     "load_sections",
@@ -107,7 +113,8 @@ COMPARE_DEFAULTS: dict[str, Any] = {
     "positions": ["pool"],  # probed for every method that has them (pool: all; DIM: conv, fc, y)
     "knn_k": 200,
     "knn_temperature": 0.1,
-    "random_init": True,  # the untrained encoder's row
+    "seeds": None,  # [0, 1, 2]: every method and the untrained encoder once per seed, mean ± std; null: `seed`
+    "random_init": True,  # the untrained encoder's row (and each row's gain over it at the same position)
     "raw_pixels": True,  # the flattened input images' row
     "probe_limit_train": None,  # images of the probes' training split; null: data.limit_train
     "probe_limit_test": None,  # images of the probes' test split; null: data.limit_val
@@ -156,12 +163,16 @@ TABLE_COLUMNS: tuple[str, ...] = (
     "knn_acc",
     "linear_acc",
     "mlp_acc",
+    "knn_gain",
+    "linear_gain",
+    "mlp_gain",
     "features",
     "images_per_s",
     "wall_clock_s",
     "peak_memory_mb",
     "steps",
     "epochs",
+    "seeds",
 )
 
 RANDOM_INIT = "random init"
@@ -429,8 +440,12 @@ class Comparison:
         base: The shared configuration, resolved (as the first method's data and encoder).
         section: The ``compare`` section, checked, every key present.
         methods: The method entries.
-        configs: Each method's resolved pretraining configuration (its own output folder).
+        configs: Each method's resolved pretraining configuration (its own output folder), for
+            the first seed.
         out: The comparison's output folder.
+        seeds: The seeds every method runs with (``compare.seeds``, else ``[seed]``).
+        seed_configs: Per method, one configuration per seed (the first is ``configs[i]``
+            itself); with several seeds each trains in ``<method folder>/seed-<seed>``.
     """
 
     base: dict[str, Any]
@@ -438,6 +453,8 @@ class Comparison:
     methods: list[MethodEntry]
     configs: list[dict[str, Any]]
     out: Path
+    seeds: list[int]
+    seed_configs: list[list[dict[str, Any]]]
 
     def resolved(self) -> dict[str, Any]:
         """The resolved configuration written to ``config.yaml``: the shared part and the section."""
@@ -480,20 +497,43 @@ def resolve_comparison(
     check_single_process(base, "compare")
     out = Path(base_user["output_dir"]) if base_user.get("output_dir") else Path("runs") / f"{base['name']}-compare"
     probe_settings(section, int(base["seed"]), "compare")
+    seeds = check_seeds(section["seeds"], int(base["seed"]))
 
-    configs = []
+    seed_configs = []
     for index, entry in enumerate(methods):
         where = f"compare.methods[{index}]"
-        user = method_user_config(base_user, entry, section["budget"], where)
-        user["name"] = f"{base['name']}-{entry.slug}"
-        user["output_dir"] = str(out / entry.slug)
-        try:
-            config = resolve_config(None, base=user)
-        except ConfigError as err:
-            raise ConfigError(f"{where} ({entry.label}): {err}") from None
-        check_single_process(config, "compare")
-        configs.append(config)
-    return Comparison(base, section, methods, configs, out)
+        per_seed = []
+        for seed in seeds:
+            user = method_user_config(base_user, entry, section["budget"], where)
+            user["seed"] = seed
+            user["name"] = f"{base['name']}-{entry.slug}" + (f"-seed{seed}" if len(seeds) > 1 else "")
+            user["output_dir"] = str(out / entry.slug / (f"seed-{seed}" if len(seeds) > 1 else ""))
+            try:
+                config = resolve_config(None, base=user)
+            except ConfigError as err:
+                raise ConfigError(f"{where} ({entry.label}): {err}") from None
+            check_single_process(config, "compare")
+            per_seed.append(config)
+        seed_configs.append(per_seed)
+    configs = [per_seed[0] for per_seed in seed_configs]
+    return Comparison(base, section, methods, configs, out, seeds, seed_configs)
+
+
+def check_seeds(seeds: Any, default: int) -> list[int]:
+    """``compare.seeds`` as a list of distinct ints; null: the configuration's own seed."""
+    if seeds is None:
+        return [default]
+    if (
+        not isinstance(seeds, (list, tuple))
+        or not seeds
+        or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds)
+    ):
+        raise ConfigError(
+            f"compare.seeds must be a list of whole numbers >= 0, e.g. [0, 1, 2] (or null); got {seeds!r}"
+        )
+    if len(set(seeds)) != len(seeds):
+        raise ConfigError(f"compare.seeds has a seed twice: {list(seeds)}; give each seed once")
+    return list(seeds)
 
 
 # --------------------------------------------------------------------------------------------
@@ -766,7 +806,7 @@ def run_comparison(
 
     began = time.monotonic()
     base, section, out = comparison.base, comparison.section, comparison.out
-    method_dirs = [Path(c["output_dir"]) for c in comparison.configs]
+    method_dirs = [Path(c["output_dir"]) for per_seed in comparison.seed_configs for c in per_seed]
     prepare_output(out, method_dirs, ("comparison.json", "results.json"), overwrite, reuse)
     (out / "config.yaml").write_text(dump_config(comparison.resolved()))
     settings = probe_settings(section, int(base["seed"]), "compare")
@@ -785,30 +825,43 @@ def run_comparison(
     methods: dict[str, Any] = {}
     cache_dir = out / "features"
     initial: dict[str, float] = {}  # the curve's step-0 accuracy, per starting weights
-    count = len(comparison.methods)
-    for index, (entry, config) in enumerate(zip(comparison.methods, comparison.configs), start=1):
-        echo(f"[{index}/{count}] {entry.label}: {config['method']['name']}, {budget} -> {config['output_dir']}")
-        trained = train_method(
-            config, entry.label, curve_data, section["curve"], settings, overwrite, reuse, echo, initial
-        )
-        echo(f"[{index}/{count}] {entry.label}: probing {data.describe()}")
+    seeds = comparison.seeds
+    several = len(seeds) > 1
+    runs = [
+        (entry, config) for entry, per_seed in zip(comparison.methods, comparison.seed_configs) for config in per_seed
+    ]
+    for index, (entry, config) in enumerate(runs, start=1):
+        seed = int(config["seed"])
+        name = f"{entry.label} (seed {seed})" if several else entry.label
+        where = f"[{index}/{len(runs)}] {name}"
+        echo(f"{where}: {config['method']['name']}, {budget} -> {config['output_dir']}")
+        trained = train_method(config, name, curve_data, section["curve"], settings, overwrite, reuse, echo, initial)
+        echo(f"{where}: probing {data.describe()}")
         positions = entry.positions or section["positions"]
-        method_rows_, test_features = method_rows(entry.label, trained, data, positions, settings, cache_dir, echo)
+        extra = {"seed": seed} if several else None
+        method_rows_, test_features = method_rows(
+            entry.label, trained, data, positions, settings, cache_dir, echo, extra
+        )
         rows += method_rows_
-        curves[entry.label] = trained["curve"]
-        if test_features:
-            embeddings[entry.label] = test_features.get("pool", next(iter(test_features.values())))
-        methods[entry.label] = {k: v for k, v in trained.items()}
+        first = seed == seeds[0]
+        if first:  # the plots show the first seed; every seed's record is in results.json
+            curves[entry.label] = trained["curve"]
+            if test_features:
+                embeddings[entry.label] = test_features.get("pool", next(iter(test_features.values())))
+        methods[name] = {k: v for k, v in trained.items()}
 
     if section["random_init"]:
-        echo(f"[baselines] {RANDOM_INIT}: {base['encoder']['name']} as the seed builds it, untrained")
         positions = list(
             dict.fromkeys([*section["positions"], *(p for m in comparison.methods for p in m.positions or ())])
         )
-        init_rows, test_features = random_init_rows(base, data, positions, settings, cache_dir, echo)
-        rows += init_rows
-        if test_features:
-            embeddings[RANDOM_INIT] = test_features.get("pool", next(iter(test_features.values())))
+        for seed in seeds:
+            echo(f"[baselines] {RANDOM_INIT}: {base['encoder']['name']} as seed {seed} builds it, untrained")
+            init_rows, test_features = random_init_rows(
+                {**base, "seed": seed}, data, positions, settings, cache_dir, echo, {"seed": seed} if several else None
+            )
+            rows += init_rows
+            if test_features and seed == seeds[0]:
+                embeddings[RANDOM_INIT] = test_features.get("pool", next(iter(test_features.values())))
     if section["raw_pixels"]:
         echo(f"[baselines] {RAW_PIXELS}: the normalised {data.channels}x{data.image_size}x{data.image_size} inputs")
         pixel_rows_, test_pixels = pixel_rows(data, settings, echo)
@@ -816,12 +869,30 @@ def run_comparison(
         embeddings[RAW_PIXELS] = test_pixels
 
     # ---- files ------------------------------------------------------------------------------
-    columns = settings.table_columns(TABLE_COLUMNS)
+    accuracies = settings.columns
+    if section["random_init"]:
+        rows = add_gains(rows, accuracies, untrained=RANDOM_INIT, without=(RAW_PIXELS,))
+    gains = [gain_column(c) for c in accuracies] if section["random_init"] else []
+    columns = [c for c in settings.table_columns(TABLE_COLUMNS) if not c.endswith("_gain") or c in gains]
     title = (
         f"{', '.join(m.label for m in comparison.methods)} on {data.dataset}, {base['encoder']['name']}, "
         f"{budget} per method"
     )
-    files = write_report(rows, out, stem="comparison", columns=columns, title=title)
+    files = {}
+    per_seed_rows = rows
+    if several:
+        title += f", seeds {', '.join(map(str, seeds))} (mean ± standard deviation)"
+        seed_columns = [c for c in columns if c != "seeds"]
+        seed_columns.insert(seed_columns.index("position") + 1, "seed")
+        runs_files = write_report(
+            rows, out, stem="comparison_seeds", columns=seed_columns, title=f"{title}: every seed"
+        )
+        files.update({f"seeds_{k}": v for k, v in runs_files.items()})
+        rows = summarise_seeds(rows, [*accuracies, *gains])
+        columns = [x for c in columns for x in ((c, std_column(c)) if c in (*accuracies, *gains) else (c,))]
+    else:
+        columns = [c for c in columns if c != "seeds"]
+    files.update(write_report(rows, out, stem="comparison", columns=columns, title=title))
     curve_points = {label: points for label, points in curves.items() if points}
     if curve_points:
         write_curves(curve_points, out / "curves.csv")
@@ -851,6 +922,8 @@ def run_comparison(
         "encoder": base["encoder"]["name"],
         "budget": budget,
         "rows": rows,
+        "seed_rows": per_seed_rows if several else None,
+        "seeds": seeds,
         "curves": curves,
         "methods": methods,
         "seconds": seconds,
