@@ -22,6 +22,7 @@ import copy
 import difflib
 import os
 import re
+import sys
 from importlib import resources
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
@@ -29,7 +30,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import yaml
 
 from dim_ssl.suggest import did_you_mean
-from eval.data import dataset_spec
+from eval.data import dataset_missing, dataset_spec
 from eval.errors import ConfigError
 from eval.methods import get_method
 from eval.methods.base import MONITOR_DEFAULTS, OPTIMIZER_DEFAULTS, OPTIMIZERS, SCHEDULES
@@ -62,6 +63,7 @@ BASE_DEFAULTS: dict[str, Any] = {
         "dataset": "digits",  # digits | fashion-mnist | mnist | cifar10 | ... | imagefolder:PATH
         "root": None,  # data root; null: $DIM_SSL_DATA or ~/.cache/dim-ssl/data
         "download": False,  # let torchvision download a missing dataset (needs a network)
+        "fallback": None,  # a dataset to use instead when `dataset` is not on this machine (one line says so)
         "image_size": None,  # side of the model's inputs; null: the dataset's default (32)
         "channels": None,  # 1 or 3; null: the dataset's own
         "batch_size": 128,  # per device
@@ -405,6 +407,7 @@ def resolve_config(
     schema["monitor"] = {**method_class.defaults("monitor"), "best": schema["monitor"]["best"]}
     free_form = FREE_FORM_KEYS | {f"method.{key}" for key in free_form_keys(method_defaults)}
     config = validate_config(user, schema, free_form)
+    _fall_back_if_missing(config["data"])
     _check_choices(config)
     if config["output_dir"] is None:
         config["output_dir"] = str(Path("runs") / str(config["name"]))
@@ -414,6 +417,35 @@ def resolve_config(
 def _method_name(user: Mapping[str, Any]) -> Any:
     method = user.get("method")
     return method.get("name", BASE_DEFAULTS["method"]["name"]) if isinstance(method, Mapping) else None
+
+
+# (dataset, root, download, fallback) -> the dataset used; each is looked up and told once per process.
+_FALLBACKS: dict[tuple[Any, ...], str] = {}
+
+
+def _fall_back_if_missing(data: dict[str, Any]) -> None:
+    """``data.fallback``: the dataset to train on when ``data.dataset`` is not on this machine
+    (nor downloadable with ``data.download``); one line on stderr says which and how to get it."""
+    fallback = data.get("fallback")
+    if fallback is None or fallback == data["dataset"]:
+        return
+    try:
+        dataset_spec(fallback)
+    except ValueError as err:
+        raise ConfigError(f"data.fallback: {err}") from None
+    key = (data["dataset"], data["root"], data["download"], fallback)
+    if key not in _FALLBACKS:
+        missing = dataset_missing(data["dataset"], data["root"], data["download"])
+        _FALLBACKS[key] = data["dataset"] if missing is None else fallback
+        if missing is not None:
+            lines = missing.splitlines()
+            ways = lines[lines.index("Ways to get it:") + 1 : -1] if "Ways to get it:" in lines else lines[:1]
+            how = "; ".join(line.strip(" -") for line in ways)
+            print(
+                f"note: {data['dataset']} is not on this machine, so this run uses {fallback}. To get it: {how}",
+                file=sys.stderr,
+            )
+    data["dataset"] = _FALLBACKS[key]
 
 
 def _check_choices(config: Mapping[str, Any]) -> None:
