@@ -291,3 +291,54 @@ def test_seeds_run_every_method_per_seed_and_report_mean_std_and_the_paired_gain
 def test_bad_seeds_are_named(tmp_path, seeds):
     with pytest.raises(ConfigError, match="compare.seeds"):
         resolve_comparison(QUICKSTART, [f"compare.seeds={seeds}", f"output_dir={tmp_path}"])
+
+
+def test_merge_joins_parts_into_the_table_one_comparison_would_write(tmp_path):
+    from eval.cli import main
+    from eval.experiments.compare import run_comparison
+    from eval.experiments.merge import merge_comparisons
+
+    common = [*TINY_COMPARE, "compare.probes=[knn]", "compare.seeds=[0,1]", "compare.curve.every_n_epochs=0"]
+    whole, part_a, part_b = tmp_path / "whole", tmp_path / "a", tmp_path / "b"
+    run_comparison(
+        resolve_comparison(QUICKSTART, [*common, f"output_dir={whole}"], only=["DIM(L)", "MoCo"]), echo=lambda _: None
+    )
+    # The same runs as two parts; the second has no baselines of its own. The parts reuse the
+    # whole's trained runs (copied), so the numbers must agree exactly.
+    import shutil
+
+    for part, label in ((part_a, "dim-l"), (part_b, "moco")):
+        shutil.copytree(whole / label, part / label)
+    run_comparison(
+        resolve_comparison(QUICKSTART, [*common, f"output_dir={part_a}"], only=["DIM(L)"]),
+        reuse=True,
+        echo=lambda _: None,
+    )
+    run_comparison(
+        resolve_comparison(
+            QUICKSTART,
+            [*common, f"output_dir={part_b}", "compare.random_init=false", "compare.raw_pixels=false"],
+            only=["MoCo"],
+        ),
+        reuse=True,
+        echo=lambda _: None,
+    )
+    result = merge_comparisons(tmp_path / "merged", [part_a, part_b], echo=lambda _: None)
+
+    def table(folder, stem="comparison"):
+        rows = json.loads((folder / f"{stem}.json").read_text())
+        return {(r["method"], r["position"], r.get("seed")): r for r in rows}
+
+    expected, merged = table(whole), table(tmp_path / "merged")
+    assert set(merged) == set(expected)
+    for key, row in expected.items():
+        for column in ("knn_acc", "knn_acc_std", "knn_gain", "knn_gain_std", "seeds"):
+            assert merged[key].get(column) == pytest.approx(row.get(column)), (key, column)
+    # MoCo's gain comes from the untrained rows part a probed.
+    assert merged[("MoCo", "pool", None)]["knn_gain"] is not None
+    assert set(table(tmp_path / "merged", "comparison_seeds")) == set(table(whole, "comparison_seeds"))
+    assert result["merged_from"] == [str(part_a), str(part_b)]
+
+    # Parts that cannot share a table are refused with a reason, through the command line.
+    assert main(["merge", str(tmp_path / "bad"), str(part_a), str(part_a)]) == 2
+    assert main(["merge", str(tmp_path / "bad"), str(part_a), str(tmp_path / "nothing")]) == 2

@@ -19,6 +19,7 @@ COMMANDS: dict[str, str] = {
     "pretrain": "self-supervised pretraining from a YAML config (key=value overrides, --resume)",
     "export": "write a checkpoint's backbone as a plain timm state_dict (+ JSON)",
     "compare": "train DIM(L), DIM(G), SimCLR, MoCo (or any list) under one budget and probe them alike",
+    "merge": "one table (gains, mean ± std over seeds) from a comparison run in parts in several folders",
     "evaluate": "probe a checkpoint's frozen features: kNN and linear probe, at each position",
     "transfer": "pretrain on one dataset (or take checkpoints), probe on others",
     "bench": "time training steps (images/s, peak memory) of DIM, SimCLR, MoCo, BYOL and the backbone floor",

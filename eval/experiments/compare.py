@@ -40,7 +40,7 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Mapping, NamedTuple, Sequence
 
 import pytorch_lightning as pl
 import torch
@@ -87,6 +87,8 @@ __all__ = [
     "MethodEntry",
     "apply_budget",
     "check_seeds",
+    "Tables",
+    "write_tables",
     "describe_budget",
     "folder_name",
     "load_sections",
@@ -742,6 +744,59 @@ def pixel_rows(
     return [row], features[1]
 
 
+class Tables(NamedTuple):
+    """What :func:`write_tables` wrote: the table's rows and columns, every seed's rows (with
+    their gains), the files and the title."""
+
+    rows: list[dict[str, Any]]
+    seed_rows: list[dict[str, Any]]
+    columns: list[str]
+    files: dict[str, Path]
+    title: str
+
+
+def write_tables(
+    rows: Sequence[Mapping[str, Any]],
+    out: Path,
+    accuracies: Sequence[str],
+    seeds: Sequence[int],
+    title: str,
+) -> Tables:
+    """The comparison's tables from its rows (one per method, position and seed).
+
+    Adds each trained row's gain over the untrained encoder when there are untrained rows; with
+    several seeds writes every seed's rows to ``comparison_seeds.*`` and the mean ± standard
+    deviation to ``comparison.*``, else the rows themselves to ``comparison.*``.
+
+    Returns:
+        :class:`Tables`.
+    """
+    accuracies = [c for c in TABLE_COLUMNS if c in accuracies]
+    with_gains = any(row["method"] == RANDOM_INIT for row in rows)
+    if with_gains:
+        rows = add_gains(rows, accuracies, untrained=RANDOM_INIT, without=(RAW_PIXELS,))
+    gains = [gain_column(c) for c in accuracies] if with_gains else []
+    kept = {*accuracies, *gains}
+    columns = [c for c in TABLE_COLUMNS if c in kept or not c.endswith(("_acc", "_gain"))]
+    files: dict[str, Path] = {}
+    seed_rows = [dict(row) for row in rows]
+    if len(seeds) > 1:
+        title += f", seeds {', '.join(map(str, seeds))} (mean ± standard deviation)"
+        seed_columns = [c for c in columns if c != "seeds"]
+        seed_columns.insert(seed_columns.index("position") + 1, "seed")
+        runs_files = write_report(
+            rows, out, stem="comparison_seeds", columns=seed_columns, title=f"{title}: every seed"
+        )
+        files.update({f"seeds_{k}": v for k, v in runs_files.items()})
+        rows = summarise_seeds(rows, [*accuracies, *gains])
+        columns = [x for c in columns for x in ((c, std_column(c)) if c in kept else (c,))]
+    else:
+        rows = seed_rows
+        columns = [c for c in columns if c != "seeds"]
+    files.update(write_report(rows, out, stem="comparison", columns=columns, title=title))
+    return Tables(rows, seed_rows, columns, files, title)
+
+
 # --------------------------------------------------------------------------------------------
 # The comparison
 
@@ -869,30 +924,12 @@ def run_comparison(
         embeddings[RAW_PIXELS] = test_pixels
 
     # ---- files ------------------------------------------------------------------------------
-    accuracies = settings.columns
-    if section["random_init"]:
-        rows = add_gains(rows, accuracies, untrained=RANDOM_INIT, without=(RAW_PIXELS,))
-    gains = [gain_column(c) for c in accuracies] if section["random_init"] else []
-    columns = [c for c in settings.table_columns(TABLE_COLUMNS) if not c.endswith("_gain") or c in gains]
     title = (
         f"{', '.join(m.label for m in comparison.methods)} on {data.dataset}, {base['encoder']['name']}, "
         f"{budget} per method"
     )
-    files = {}
-    per_seed_rows = rows
-    if several:
-        title += f", seeds {', '.join(map(str, seeds))} (mean ± standard deviation)"
-        seed_columns = [c for c in columns if c != "seeds"]
-        seed_columns.insert(seed_columns.index("position") + 1, "seed")
-        runs_files = write_report(
-            rows, out, stem="comparison_seeds", columns=seed_columns, title=f"{title}: every seed"
-        )
-        files.update({f"seeds_{k}": v for k, v in runs_files.items()})
-        rows = summarise_seeds(rows, [*accuracies, *gains])
-        columns = [x for c in columns for x in ((c, std_column(c)) if c in (*accuracies, *gains) else (c,))]
-    else:
-        columns = [c for c in columns if c != "seeds"]
-    files.update(write_report(rows, out, stem="comparison", columns=columns, title=title))
+    tables = write_tables(rows, out, settings.columns, seeds, title)
+    rows, columns, files, title = tables.rows, tables.columns, tables.files, tables.title
     curve_points = {label: points for label, points in curves.items() if points}
     if curve_points:
         write_curves(curve_points, out / "curves.csv")
@@ -922,7 +959,7 @@ def run_comparison(
         "encoder": base["encoder"]["name"],
         "budget": budget,
         "rows": rows,
-        "seed_rows": per_seed_rows if several else None,
+        "seed_rows": tables.seed_rows if several else None,
         "seeds": seeds,
         "curves": curves,
         "methods": methods,

@@ -1,0 +1,35 @@
+"""``dim-ssl merge OUT PART [PART ...]``: one table from a comparison run in parts.
+
+See :mod:`eval.experiments.merge`: the parts' rows in one table, the gain over the untrained
+encoder whichever part probed it, mean ± standard deviation over seeds, one curve plot.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from eval.cli.guard import run_guarded
+from eval.experiments.merge import merge_comparisons
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("out", help="output folder of the merged table, e.g. runs/race")
+    parser.add_argument(
+        "parts", nargs="+", metavar="PART", help="output folders of dim-ssl compare runs, e.g. runs/race-a runs/race-b"
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    outcome = run_guarded(
+        "merge",
+        lambda: (args.out, args.parts),
+        lambda job: merge_comparisons(*job),
+        [args.out, *args.parts],
+    )
+    if isinstance(outcome, int):
+        return outcome
+    _, result = outcome
+    print(f"\n## {result['title']}\n")
+    print(result["table"])
+    print(f"written to {args.out}: " + ", ".join(sorted({p.rsplit("/", 1)[-1] for p in result["files"].values()})))
+    return 0
