@@ -2,7 +2,8 @@
 
 Every ``pl.Trainer`` logs "GPU available: False, used: False", "TPU available: ..." (and HPU)
 and, without litlogger installed, an advertisement for it, through the logger
-``pytorch_lightning.utilities.rank_zero``. A comparison of six methods printed them six times.
+``pytorch_lightning.utilities.rank_zero`` (and, for every method with a schedule, that it loads
+the training data to count the steps). A comparison of six methods printed them six times.
 :func:`quiet_lightning` adds a filter to that logger for exactly these lines; everything else
 Lightning logs (warnings, "Time limit reached", errors) still shows.
 """
@@ -14,7 +15,14 @@ import logging
 __all__ = ["QUIET_PREFIXES", "quiet_lightning"]
 
 #: Messages that start with one of these are not shown.
-QUIET_PREFIXES = ("GPU available:", "TPU available:", "HPU available:", "💡 Tip:")
+QUIET_PREFIXES = (
+    "GPU available:",
+    "TPU available:",
+    "HPU available:",
+    "💡 Tip:",
+    # Said whenever a cosine schedule asks for the run's length: an implementation detail.
+    "Loading `train_dataloader` to estimate number of stepping batches",
+)
 LOGGERS = ("pytorch_lightning.utilities.rank_zero", "lightning.pytorch.utilities.rank_zero")
 
 
