@@ -28,8 +28,9 @@ format: $(STAMP)
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
+# DIM(L) and SimCLR on Fashion-MNIST (digits when it is not on the machine), ~5 minutes: configs/demo.yaml.
 demo: $(STAMP)
-	$(BIN)/dim-ssl compare configs/quickstart.yaml
+	$(BIN)/dim-ssl compare demo output_dir=runs/demo --overwrite
 
 bench: $(STAMP)
 	$(BIN)/dim-ssl bench

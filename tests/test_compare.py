@@ -187,6 +187,7 @@ def test_compare_writes_every_row_and_every_file(tiny_comparison):
             assert (out / folder / name).is_file(), f"{folder}/{name}"
     # Progress and the table on stdout.
     assert "[4/4] MoCo" in result.stdout and "| raw pixels | pixels |" in result.stdout
+    assert f"plots: {out / 'accuracy_vs_time.png'}  {out / 'embeddings.png'}" in result.stdout
     # Quiet: Lightning's accelerator lines, tips and step-counting notes are not shown.
     noise = ("GPU available", "TPU available", "litlogger", "Loading `train_dataloader`")
     assert not [n for n in noise if n in result.stdout + result.stderr]

@@ -65,4 +65,7 @@ def run(args: argparse.Namespace) -> int:
         f"written to {comparison.out} in {result['seconds']:.0f} s: "
         + ", ".join(sorted({p.rsplit("/", 1)[-1] for p in result["files"].values()}))
     )
+    plots = sorted(p for p in result["files"].values() if p.endswith(".png"))
+    if plots:
+        print("plots: " + "  ".join(plots))
     return 0
