@@ -46,7 +46,8 @@ def test_without_fashion_mnist_the_demo_runs_on_digits_says_so_once_and_stays_qu
     assert notes == [notes[0]] and "fashion-mnist is not on this machine, so this run uses digits" in notes[0]
     assert json.loads((out / "results.json").read_text())["dataset"] == "digits"
     rows = {(r["method"], r["position"]) for r in json.loads((out / "comparison.json").read_text())}
-    assert rows == {("DIM(L)", "pool"), ("SimCLR", "pool"), ("random init", "pool"), ("raw pixels", "pixels")}
+    expected = {("DIM(L)", "pool"), ("DIM(L)", "y"), ("SimCLR", "pool"), ("random init", "pool"), ("random init", "y")}
+    assert rows == expected | {("raw pixels", "pixels")}
     # Quiet: the table, the plots' paths and progress, without Lightning's or anyone's noise.
     assert "| DIM(L) | pool |" in printed.out and f"plots: {out / 'accuracy_vs_time.png'}" in printed.out
     noise = ("GPU available", "TPU available", "litlogger", "Loading `train_dataloader`", "Warning", "warn(")
