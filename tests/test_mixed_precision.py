@@ -129,3 +129,27 @@ def test_prior_losses_are_float32_under_autocast(dtype, prior):
         value = getattr(losses, name)
         assert value.dtype == torch.float32, name
         assert value.item() == pytest.approx(getattr(reference, name).item(), rel=2e-2, abs=2e-3), name
+
+
+def test_the_quickstart_trains_with_bf16_mixed_precision_on_cpu(tmp_path):
+    """trainer.precision=bf16-mixed through the real command line (a tiny timm model: CPUs without
+    bfloat16 hardware run it slowly), with finite losses and MI values logged."""
+    import math
+
+    from pretrain_helpers import QUICKSTART, read_metrics, read_summary, run_cli
+
+    out = tmp_path / "bf16"
+    args = ["pretrain", QUICKSTART, "encoder.name=test_resnet", "data.limit_train=64", "data.limit_val=64"]
+    args += ["data.batch_size=32", "trainer.max_epochs=1", "trainer.precision=bf16-mixed", f"output_dir={out}"]
+    result = run_cli(args, timeout=300)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    assert "bfloat16 Automatic Mixed Precision" in result.stdout + result.stderr
+    summary = read_summary(out)
+    assert summary["steps"] == 2 and math.isfinite(summary["final_loss"])
+    logged = [
+        float(row[key])
+        for row in read_metrics(out)
+        for key in ("train_local_mi_epoch", "train_loss_epoch")
+        if row.get(key)
+    ]
+    assert logged and all(math.isfinite(v) for v in logged)
