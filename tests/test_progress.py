@@ -31,3 +31,7 @@ def test_units_are_pluralised_as_words():
     with Progress(2, "features of 10 images", unit="batch", every_s=0.0, stream=stream) as progress:
         progress.update()
     assert "1/2 batches," in stream.getvalue()
+    stream = io.StringIO()
+    with Progress(2, "MLP probe", unit="epoch", every_s=0.0, stream=stream) as progress:
+        progress.update()
+    assert "1/2 epochs," in stream.getvalue()

@@ -17,6 +17,9 @@ from tqdm.auto import tqdm
 
 __all__ = ["Progress"]
 
+# Units whose plural is not unit + "s" (an epoch is "epochs", a batch "batches").
+_PLURALS = {"batch": "batches"}
+
 
 class Progress:
     """Counts ``total`` units of a step and reports as it goes (a context manager).
@@ -40,7 +43,7 @@ class Progress:
         stream: TextIO | None = None,
     ) -> None:
         self.total, self.desc, self.unit, self.every_s = int(total), desc, unit, float(every_s)
-        self.plural = unit + ("es" if unit.endswith(("s", "sh", "ch", "x")) else "s")  # batch -> batches
+        self.plural = _PLURALS.get(unit, unit + "s")
         self.stream = stream if stream is not None else sys.stderr
         terminal = hasattr(self.stream, "isatty") and self.stream.isatty()
         self.bar = None
