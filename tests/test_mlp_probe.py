@@ -242,5 +242,5 @@ def test_the_mlp_column_reaches_the_comparison_table(tmp_path):
     rows, _ = pixel_rows(data, settings, echo=lambda line: None)
     assert 0.5 < rows[0]["mlp_acc"] <= 1.0 and rows[0]["mlp_epoch"] >= 1
     files = write_report(rows, tmp_path, stem="comparison", columns=settings.table_columns(TABLE_COLUMNS))
-    assert "| method | position | knn_acc | linear_acc | mlp_acc | features |" in files["markdown"].read_text()
+    assert "| method | position | knn_acc | linear_acc | mlp_acc |" in files["markdown"].read_text()
     assert "mlp_acc" in files["csv"].read_text().splitlines()[0]

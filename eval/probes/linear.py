@@ -68,36 +68,16 @@ class LinearProbeResult:
     device: str = "cpu"
 
 
-def linear_probe_accuracy(
-    train_x: Any,
-    train_y: Any,
-    test_x: Any,
-    test_y: Any,
-    l2_grid: Sequence[float] = DEFAULT_L2_GRID,
-    val_fraction: float = 0.2,
-    seed: int = 0,
-    max_iter: int = 1000,
-    device: str | torch.device | None = None,
-) -> float:
+def linear_probe_accuracy(train_x: Any, train_y: Any, test_x: Any, test_y: Any, **options: Any) -> float:
     """Top-1 test accuracy in [0, 1] of a linear probe fitted with L-BFGS.
 
-    See :func:`linear_probe` for the protocol and the arguments; this returns only its
-    ``accuracy``.
+    ``options`` are :func:`linear_probe`'s keyword arguments (the protocol and its settings
+    are documented there); this returns only its ``accuracy``.
 
     Example:
         >>> acc = linear_probe_accuracy(train_feats, train_labels, test_feats, test_labels)
     """
-    return linear_probe(
-        train_x,
-        train_y,
-        test_x,
-        test_y,
-        l2_grid=l2_grid,
-        val_fraction=val_fraction,
-        seed=seed,
-        max_iter=max_iter,
-        device=device,
-    ).accuracy
+    return linear_probe(train_x, train_y, test_x, test_y, **options).accuracy
 
 
 def linear_probe(

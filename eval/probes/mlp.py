@@ -89,47 +89,16 @@ class MLPProbeResult:
     device: str = "cpu"
 
 
-def mlp_probe_accuracy(
-    train_x: Any,
-    train_y: Any,
-    test_x: Any,
-    test_y: Any,
-    *,
-    hidden: int = DEFAULT_HIDDEN,
-    dropout: float = DEFAULT_DROPOUT,
-    lr: float = 2e-3,
-    weight_decay: float = 0.0,
-    batch_size: int = 128,
-    max_epochs: int = 100,
-    patience: int = 10,
-    val_fraction: float = 0.2,
-    seed: int = 0,
-    device: str | torch.device | None = None,
-) -> float:
+def mlp_probe_accuracy(train_x: Any, train_y: Any, test_x: Any, test_y: Any, **options: Any) -> float:
     """Top-1 test accuracy in [0, 1] of the DIM paper's MLP probe.
 
-    See :func:`mlp_probe` for the protocol and the arguments; this returns only its
-    ``accuracy``.
+    ``options`` are :func:`mlp_probe`'s keyword arguments (the protocol and its settings
+    are documented there); this returns only its ``accuracy``.
 
     Example:
         >>> acc = mlp_probe_accuracy(train_feats, train_labels, test_feats, test_labels)
     """
-    return mlp_probe(
-        train_x,
-        train_y,
-        test_x,
-        test_y,
-        hidden=hidden,
-        dropout=dropout,
-        lr=lr,
-        weight_decay=weight_decay,
-        batch_size=batch_size,
-        max_epochs=max_epochs,
-        patience=patience,
-        val_fraction=val_fraction,
-        seed=seed,
-        device=device,
-    ).accuracy
+    return mlp_probe(train_x, train_y, test_x, test_y, **options).accuracy
 
 
 def mlp_probe(
