@@ -442,21 +442,23 @@ class Comparison:
         base: The shared configuration, resolved (as the first method's data and encoder).
         section: The ``compare`` section, checked, every key present.
         methods: The method entries.
-        configs: Each method's resolved pretraining configuration (its own output folder), for
-            the first seed.
         out: The comparison's output folder.
         seeds: The seeds every method runs with (``compare.seeds``, else ``[seed]``).
-        seed_configs: Per method, one configuration per seed (the first is ``configs[i]``
-            itself); with several seeds each trains in ``<method folder>/seed-<seed>``.
+        seed_configs: Per method, its resolved pretraining configuration for each seed (its
+            own output folder; with several seeds ``<method folder>/seed-<seed>``).
     """
 
     base: dict[str, Any]
     section: dict[str, Any]
     methods: list[MethodEntry]
-    configs: list[dict[str, Any]]
     out: Path
     seeds: list[int]
     seed_configs: list[list[dict[str, Any]]]
+
+    @property
+    def configs(self) -> list[dict[str, Any]]:
+        """Each method's configuration for the first seed (the same objects as in ``seed_configs``)."""
+        return [per_seed[0] for per_seed in self.seed_configs]
 
     def resolved(self) -> dict[str, Any]:
         """The resolved configuration written to ``config.yaml``: the shared part and the section."""
@@ -517,8 +519,7 @@ def resolve_comparison(
             check_single_process(config, "compare")
             per_seed.append(config)
         seed_configs.append(per_seed)
-    configs = [per_seed[0] for per_seed in seed_configs]
-    return Comparison(base, section, methods, configs, out, seeds, seed_configs)
+    return Comparison(base, section, methods, out, seeds, seed_configs)
 
 
 def check_seeds(seeds: Any, default: int) -> list[int]:
