@@ -40,3 +40,8 @@ def test_a_dataset_on_the_machine_is_used_and_nothing_is_said(monkeypatch, capsy
 def test_an_unknown_fallback_is_named():
     with pytest.raises(ConfigError, match="data.fallback"):
         resolve_config(None, ["data.dataset=fashion-mnist", "data.fallback=digitz"])
+
+
+def test_an_unknown_dataset_is_named_before_any_fallback():
+    with pytest.raises(ConfigError, match="data.dataset.*fashion-mnist"):
+        resolve_config(None, ["data.dataset=fashion-mnst", "data.fallback=digits"])

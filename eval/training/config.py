@@ -430,6 +430,10 @@ def _fall_back_if_missing(data: dict[str, Any]) -> None:
     if fallback is None or fallback == data["dataset"]:
         return
     try:
+        dataset_spec(data["dataset"])
+    except ValueError:
+        return  # an unknown data.dataset is _check_choices' to report, with a did-you-mean
+    try:
         dataset_spec(fallback)
     except ValueError as err:
         raise ConfigError(f"data.fallback: {err}") from None
