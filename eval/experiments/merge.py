@@ -90,6 +90,8 @@ def merge_comparisons(
             accuracies += [c for c in row if c.endswith("_acc") and row[c] is not None and c not in accuracies]
         curves.update({label: points for label, points in result.get("curves", {}).items() if points})
 
+    # The trained methods first, in the parts' order, then the baselines (as one comparison lists them).
+    rows.sort(key=lambda row: row["method"] in (RANDOM_INIT, RAW_PIXELS))
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     seeds = first["seeds"] or [None]
