@@ -32,7 +32,7 @@ def test_the_demo_is_dim_against_simclr_on_fashion_mnist_with_the_papers_encoder
     dim, simclr = comparison.configs
     assert dim["method"]["head"]["estimator"] == "infonce" and dim["optimizer"]["lr"] == 1e-3
     assert simclr["method"]["name"] == "simclr"
-    assert dim["trainer"]["max_time_s"] == simclr["trainer"]["max_time_s"] == 75  # the same budget
+    assert dim["trainer"]["max_time_s"] == simclr["trainer"]["max_time_s"] == 60  # the same budget
 
 
 def test_without_fashion_mnist_the_demo_runs_on_digits_says_so_once_and_stays_quiet(tmp_path, monkeypatch, capfd):
