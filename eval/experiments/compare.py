@@ -830,14 +830,26 @@ def curve_subsets(data: Any, curve: Mapping[str, Any]) -> tuple[Any, Any] | None
     return subsets[0], subsets[1]
 
 
-def write_curves(curves: Mapping[str, Sequence[Mapping[str, Any]]], path: Path) -> None:
-    """``curves.csv``: method, epoch, step, seconds, knn_acc; one line per probe."""
+def write_curves(curves: Mapping[str, Sequence[Mapping[str, Any]]], out: Path, title: str) -> dict[str, Path]:
+    """``curves.csv`` (method, epoch, step, seconds, knn_acc; one line per probe) and
+    ``accuracy_vs_time.png`` (one line per method) in ``out``; methods without points are left out."""
+    curves = {label: points for label, points in curves.items() if points}
+    if not curves:
+        return {}
+    path = out / "curves.csv"
     with path.open("w", newline="", encoding="utf-8") as file:
         writer = csv.writer(file)
         writer.writerow(["method", "epoch", "step", "seconds", "knn_acc"])
         for label, points in curves.items():
             for p in points:
                 writer.writerow([label, p["epoch"], p["step"], f"{p['seconds']:.3f}", f"{p['knn_acc']:.6f}"])
+    plot = plot_accuracy_vs_time(
+        {label: [(p["seconds"], p["knn_acc"]) for p in points] for label, points in curves.items()},
+        out / "accuracy_vs_time.png",
+        title=title,
+        ylabel="kNN accuracy",
+    )
+    return {"curves_csv": path, "accuracy_vs_time": plot}
 
 
 def run_comparison(
@@ -931,16 +943,14 @@ def run_comparison(
     )
     tables = write_tables(rows, out, settings.columns, seeds, title)
     rows, columns, files, title = tables.rows, tables.columns, tables.files, tables.title
-    curve_points = {label: points for label, points in curves.items() if points}
-    if curve_points:
-        write_curves(curve_points, out / "curves.csv")
-        files["curves_csv"] = out / "curves.csv"
-        files["accuracy_vs_time"] = plot_accuracy_vs_time(
-            {label: [(p["seconds"], p["knn_acc"]) for p in points] for label, points in curve_points.items()},
-            out / "accuracy_vs_time.png",
-            title=f"kNN accuracy (k={section['curve']['knn_k']}, {section['curve']['position']}, "
-            f"{len(curve_data[1])} held-out images) against training time",
-            ylabel="kNN accuracy",
+    if curve_data is not None:
+        files.update(
+            write_curves(
+                curves,
+                out,
+                title=f"kNN accuracy (k={section['curve']['knn_k']}, {section['curve']['position']}, "
+                f"{len(curve_data[1])} held-out images) against training time",
+            )
         )
     if embeddings:
         embedding = section["embedding"]

@@ -21,7 +21,6 @@ from typing import Any, Callable, Sequence
 
 from eval.errors import ConfigError
 from eval.experiments.compare import RANDOM_INIT, RAW_PIXELS, write_curves, write_tables
-from eval.experiments.plots import plot_accuracy_vs_time
 from eval.experiments.report import format_markdown_table
 from eval.plain import plain
 
@@ -99,15 +98,7 @@ def merge_comparisons(
     title = f"{', '.join(labels)} on {first['dataset']}, {first['encoder']}, {first['budget']} per method"
     tables = write_tables(rows, out, accuracies, seeds, title)
     files = dict(tables.files)
-    if curves:
-        write_curves(curves, out / "curves.csv")
-        files["curves_csv"] = out / "curves.csv"
-        files["accuracy_vs_time"] = plot_accuracy_vs_time(
-            {label: [(p["seconds"], p["knn_acc"]) for p in points] for label, points in curves.items()},
-            out / "accuracy_vs_time.png",
-            title="kNN accuracy against training time (the parts' curves)",
-            ylabel="kNN accuracy",
-        )
+    files.update(write_curves(curves, out, title="kNN accuracy against training time (the parts' curves)"))
     merged = {
         "title": tables.title,
         "dataset": first["dataset"],
