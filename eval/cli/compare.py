@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 
 from eval.cli.guard import run_guarded
+from eval.cli.output import print_table
 from eval.experiments.compare import resolve_comparison, run_comparison
 
 
@@ -59,12 +60,7 @@ def run(args: argparse.Namespace) -> int:
     if isinstance(outcome, int):
         return outcome
     comparison, result = outcome
-    print(f"\n## {result['title']}\n")
-    print(result["table"])
-    print(
-        f"written to {comparison.out} in {result['seconds']:.0f} s: "
-        + ", ".join(sorted({p.rsplit("/", 1)[-1] for p in result["files"].values()}))
-    )
+    print_table(result, comparison.out)
     plots = sorted(p for p in result["files"].values() if p.endswith(".png"))
     if plots:
         print("plots: " + "  ".join(plots))

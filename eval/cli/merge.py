@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 
 from eval.cli.guard import run_guarded
+from eval.cli.output import print_table
 from eval.experiments.merge import merge_comparisons
 
 
@@ -29,7 +30,5 @@ def run(args: argparse.Namespace) -> int:
     if isinstance(outcome, int):
         return outcome
     _, result = outcome
-    print(f"\n## {result['title']}\n")
-    print(result["table"])
-    print(f"written to {args.out}: " + ", ".join(sorted({p.rsplit("/", 1)[-1] for p in result["files"].values()})))
+    print_table(result, args.out, timed=False)
     return 0

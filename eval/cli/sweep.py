@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 
 from eval.cli.guard import run_guarded
+from eval.cli.output import print_table
 from eval.experiments.sweep import resolve_sweep, run_sweep
 
 
@@ -45,10 +46,5 @@ def run(args: argparse.Namespace) -> int:
     if isinstance(outcome, int):
         return outcome
     sweep, result = outcome
-    print(f"\n## {result['title']}\n")
-    print(result["table"])
-    print(
-        f"written to {sweep.out} in {result['seconds']:.0f} s: "
-        + ", ".join(sorted({p.rsplit("/", 1)[-1] for p in result["files"].values()}))
-    )
+    print_table(result, sweep.out)
     return 0
