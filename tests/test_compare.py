@@ -346,3 +346,17 @@ def test_merge_joins_parts_into_the_table_one_comparison_would_write(tmp_path):
     # Parts that cannot share a table are refused with a reason, through the command line.
     assert main(["merge", str(tmp_path / "bad"), str(part_a), str(part_a)]) == 2
     assert main(["merge", str(tmp_path / "bad"), str(part_a), str(tmp_path / "nothing")]) == 2
+
+
+def test_the_curve_can_probe_by_training_time_within_an_epoch(tmp_path):
+    from eval.experiments.compare import run_comparison
+
+    out = tmp_path / "by-time"
+    overrides = [*TINY_COMPARE, "compare.probes=[knn]", "compare.random_init=false", "compare.raw_pixels=false"]
+    # No probe by epoch; by time, a period shorter than any batch: a point after every batch.
+    overrides += ["compare.curve.every_n_epochs=0", "compare.curve.every_n_seconds=1.0e-6", f"output_dir={out}"]
+    result = run_comparison(resolve_comparison(QUICKSTART, overrides, only=["DIM(L)"]), echo=lambda line: None)
+    points = result["curves"]["DIM(L)"]
+    assert [p["step"] for p in points] == [0, 1, 2, 3]  # 96 images in batches of 32: three steps, one epoch
+    assert [p["epoch"] for p in points] == [0, 0, 0, 1]  # the last batch ends the epoch
+    assert all(a["seconds"] < b["seconds"] for a, b in zip(points, points[1:]))

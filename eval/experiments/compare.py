@@ -122,6 +122,7 @@ COMPARE_DEFAULTS: dict[str, Any] = {
     "probe_limit_test": None,  # images of the probes' test split; null: data.limit_val
     "curve": {
         "every_n_epochs": 1,  # kNN accuracy during training every N epochs; 0: none
+        "every_n_seconds": None,  # and every S seconds of training (points at equal times); null: none
         "position": "pool",
         "limit_train": 1000,  # memory bank of the curve's kNN (first N probe training images)
         "limit_test": 1000,  # images it is measured on (first N probe test images)
@@ -591,12 +592,14 @@ def train_method(
         return {**record, "reused": True}
 
     every = int(curve["every_n_epochs"]) if curve_data is not None else 0
+    every_seconds = curve.get("every_n_seconds") if curve_data is not None else None
     train, test = curve_data if curve_data is not None else (None, None)
     probe_curve = ProbeCurve(
         train,
         test,
         position=curve["position"],
         every_n_epochs=every,
+        every_n_seconds=every_seconds,
         knn_k=int(curve.get("knn_k") or settings.knn_k),
         knn_temperature=settings.knn_temperature,
         start_cache=initial,
@@ -821,7 +824,7 @@ def prepare_output(out: Path, method_dirs: Sequence[Path], files: Sequence[str],
 def curve_subsets(data: Any, curve: Mapping[str, Any]) -> tuple[Any, Any] | None:
     """The first N images of the probe splits, for the training-time kNN curve."""
 
-    if not int(curve["every_n_epochs"]):
+    if not int(curve["every_n_epochs"]) and not curve.get("every_n_seconds"):
         return None
     subsets = []
     for dataset, limit in ((data.train, curve["limit_train"]), (data.test, curve["limit_test"])):

@@ -1,12 +1,13 @@
 """Probe accuracy against training time, measured while a method trains.
 
-:class:`ProbeCurve` is a Lightning callback: before the first step and at the end of every
-N-th epoch it extracts the frozen features of a small labelled training subset and test set
+:class:`ProbeCurve` is a Lightning callback: before the first step, at the end of every
+N-th epoch and, when asked, after every S seconds of training it extracts the frozen features of a small labelled training subset and test set
 (evaluation transform, model in eval mode) and runs the kNN probe of :mod:`eval.probes.knn` on them,
 recording ``(training seconds, accuracy)``. The same probe on the same images for every
 method makes the curves of DIM, SimCLR and MoCo comparable point by point: the x axis is the
 wall-clock time a method has trained, which is the fair axis when one method needs one view
-per image and the others two.
+per image and the others two. Probing by seconds gives every method points at the same times,
+also when a budget ends before the first epoch does (60,000 images and two views per image).
 
 The time it spends probing is taken out of everything: out of the recorded seconds, out of
 :attr:`ProbeCurve.train_seconds`, and out of Lightning's wall-clock budget (``max_time``), so
@@ -41,7 +42,10 @@ class ProbeCurve(Callback):
         test: Labelled images whose accuracy is measured.
         position: The feature position (``"pool"``: every method has it).
         every_n_epochs: Probe at the end of every N-th epoch (and before the first step and
-            after the last); 0: no probes, only the clock.
+            after the last); 0: no probes by epoch.
+        every_n_seconds: Also probe after every S seconds of training (checked after every
+            batch, so a point lands on the first batch end at or past S, 2S, ...); ``None`` or
+            0: not by time. Neither this nor ``every_n_epochs``: no probes, only the clock.
         knn_k, knn_temperature: The kNN vote's settings.
         start_cache: A dict shared by several runs: the accuracy before the first step, keyed
             by a fingerprint of the encoder's weights, so runs that start from the same weights
@@ -56,7 +60,7 @@ class ProbeCurve(Callback):
         validation_seconds: Time spent validating while training.
 
     Raises:
-        ValueError: ``every_n_epochs < 0``.
+        ValueError: ``every_n_epochs < 0`` or ``every_n_seconds < 0``.
     """
 
     def __init__(
@@ -65,15 +69,19 @@ class ProbeCurve(Callback):
         test: Dataset,
         position: str = "pool",
         every_n_epochs: int = 1,
+        every_n_seconds: float | None = None,
         knn_k: int = 200,
         knn_temperature: float = 0.1,
         start_cache: dict[str, float] | None = None,
     ) -> None:
         if every_n_epochs < 0:
             raise ValueError(f"every_n_epochs must be >= 0; got {every_n_epochs}")
+        if every_n_seconds is not None and not every_n_seconds >= 0:
+            raise ValueError(f"every_n_seconds must be >= 0 (or None); got {every_n_seconds}")
         self.train, self.test = train, test
         self.position = position
         self.every_n_epochs = int(every_n_epochs)
+        self.every_n_seconds = float(every_n_seconds or 0.0)
         self.knn_k, self.knn_temperature = int(knn_k), float(knn_temperature)
         self.start_cache = start_cache
         self.points: list[dict[str, Any]] = []
@@ -82,11 +90,17 @@ class ProbeCurve(Callback):
         self.validation_seconds = 0.0
         self._start: float | None = None
         self._validation_began: float | None = None
+        self._next_probe_at = self.every_n_seconds
+
+    @property
+    def probes(self) -> bool:
+        """Whether it probes at all (by epoch or by time), not only keeps the clock."""
+        return bool(self.every_n_epochs or self.every_n_seconds)
 
     # ---- hooks ------------------------------------------------------------------------------
 
     def on_fit_start(self, trainer: Any, pl_module: Any) -> None:
-        if self.every_n_epochs and trainer.is_global_zero:
+        if self.probes and trainer.is_global_zero:
             key = self._fingerprint(pl_module)
             known = None if self.start_cache is None else self.start_cache.get(key)
             self._record(trainer, pl_module, seconds=0.0, epoch=0, accuracy=known)
@@ -96,6 +110,15 @@ class ProbeCurve(Callback):
     def on_train_start(self, trainer: Any, pl_module: Any) -> None:
         self._start = time.monotonic()
         self.probe_seconds = self.validation_seconds = 0.0
+        self._next_probe_at = self.every_n_seconds
+
+    def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
+        now = self.elapsed()
+        if not self.every_n_seconds or now < self._next_probe_at:
+            return
+        while self._next_probe_at <= now:  # one point per crossing, however long the batch
+            self._next_probe_at += self.every_n_seconds
+        self._probe_now(trainer, pl_module, epoch=trainer.current_epoch)
 
     def on_validation_start(self, trainer: Any, pl_module: Any) -> None:
         self._validation_began = None if trainer.sanity_checking else time.monotonic()
@@ -111,9 +134,8 @@ class ProbeCurve(Callback):
 
     def on_train_end(self, trainer: Any, pl_module: Any) -> None:
         self.train_seconds = self.elapsed()
-        last_step = self.points[-1]["step"] if self.points else None
-        if self.every_n_epochs and last_step != trainer.global_step:
-            self._probe_now(trainer, pl_module, epoch=trainer.current_epoch)  # stopped mid-epoch by the budget
+        if self.probes:  # the end state (a no-op when the last epoch's probe saw it)
+            self._probe_now(trainer, pl_module, epoch=trainer.current_epoch)
 
     # ---- measuring --------------------------------------------------------------------------
 
@@ -125,6 +147,9 @@ class ProbeCurve(Callback):
 
     def _probe_now(self, trainer: Any, pl_module: Any, epoch: int) -> None:
         if not trainer.is_global_zero:
+            return
+        if self.points and self.points[-1]["step"] == trainer.global_step:
+            self.points[-1]["epoch"] = max(self.points[-1]["epoch"], int(epoch))  # this step was probed (by time)
             return
         began = time.monotonic()
         self._record(trainer, pl_module, seconds=self.elapsed(), epoch=epoch)
