@@ -125,3 +125,35 @@ def test_transfer_configuration_mistakes_are_clean_errors(tmp_path, capsys):
     config = _transfer_config(tmp_path / "t.yaml", "[no-such-set]")
     assert main(["transfer", config, f"output_dir={tmp_path / 'x'}"]) == 2
     assert "unknown dataset 'no-such-set'" in capsys.readouterr().err
+
+
+def test_transfer_takes_one_checkpoint_per_seed_and_pairs_each_with_its_seeds_untrained_encoder(
+    tiny_checkpoint, tmp_path, capsys
+):
+    second = tmp_path / "seed1"
+    assert main(["pretrain", QUICKSTART, *TINY, "seed=1", f"output_dir={second}"]) == 0
+    paths = [str(tiny_checkpoint), str(second / "checkpoints" / "last.ckpt")]
+    extra = f"  checkpoints: {{tiny: [{paths[0]}, {paths[1]}]}}\n  raw_pixels: false\n  probes: [knn, linear]"
+    config = _transfer_config(tmp_path / "t.yaml", "[digits]", extra)
+    out = tmp_path / "seeds"
+    assert main(["transfer", config, f"output_dir={out}"]) == 0
+    assert "seeds 0, 1 (mean ± standard deviation)" in capsys.readouterr().out
+
+    per_seed = {(r["method"], r["seed"]): r for r in json.loads((out / "transfer_seeds.json").read_text())}
+    assert set(per_seed) == {("tiny", 0), ("tiny", 1), ("random init", 0), ("random init", 1)}
+    for seed in (0, 1):
+        trained, untrained = per_seed[("tiny", seed)], per_seed[("random init", seed)]
+        for probe in ("knn", "linear"):
+            assert trained[f"{probe}_gain"] == pytest.approx(trained[f"{probe}_acc"] - untrained[f"{probe}_acc"])
+
+    summary = {r["method"]: r for r in json.loads((out / "transfer.json").read_text())}
+    accuracies = [per_seed[("tiny", s)]["linear_acc"] for s in (0, 1)]
+    assert summary["tiny"]["seeds"] == 2 and summary["tiny"]["source"] == "digits"
+    assert summary["tiny"]["linear_acc"] == pytest.approx(sum(accuracies) / 2)
+    assert summary["tiny"]["linear_acc_std"] == pytest.approx(abs(accuracies[0] - accuracies[1]) / 2**0.5)
+
+    # The same seed twice is a mistake, named.
+    twice = f"  checkpoints: {{tiny: [{paths[0]}, {paths[0]}]}}\n  raw_pixels: false\n  probes: [knn]"
+    config = _transfer_config(tmp_path / "twice.yaml", "[digits]", twice)
+    assert main(["transfer", config, f"output_dir={tmp_path / 'twice'}"]) == 2
+    assert "two checkpoints trained with seed 0" in capsys.readouterr().err

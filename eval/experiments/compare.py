@@ -765,39 +765,48 @@ def write_tables(
     accuracies: Sequence[str],
     seeds: Sequence[int],
     title: str,
+    stem: str = "comparison",
+    columns: Sequence[str] = TABLE_COLUMNS,
+    keys: Sequence[str] = (),
 ) -> Tables:
     """The comparison's tables from its rows (one per method, position and seed).
 
     Adds each trained row's gain over the untrained encoder when there are untrained rows; with
-    several seeds writes every seed's rows to ``comparison_seeds.*`` and the mean ± standard
-    deviation to ``comparison.*``, else the rows themselves to ``comparison.*``.
+    several seeds writes every seed's rows to ``<stem>_seeds.*`` and the mean ± standard
+    deviation to ``<stem>.*``, else the rows themselves to ``<stem>.*``.
+
+    Args:
+        rows, out, accuracies, seeds, title: The rows, the folder, the probes' accuracy columns,
+            the seeds and the tables' title.
+        stem: The files' name (``comparison``; a transfer's ``transfer``).
+        columns: The table's columns, gains and ``seeds`` included (those not used are left out).
+        keys: Further columns that tell rows apart besides method and position (a transfer's
+            ``source`` and ``target``); the last one also pairs a row with its untrained row.
 
     Returns:
         :class:`Tables`.
     """
-    accuracies = [c for c in TABLE_COLUMNS if c in accuracies]
+    accuracies = [c for c in columns if c in accuracies]
     with_gains = any(row["method"] == RANDOM_INIT for row in rows)
     if with_gains:
-        rows = add_gains(rows, accuracies, untrained=RANDOM_INIT, without=(RAW_PIXELS,))
+        rows = add_gains(rows, accuracies, untrained=RANDOM_INIT, without=(RAW_PIXELS,), keys=tuple(keys)[-1:])
     gains = [gain_column(c) for c in accuracies] if with_gains else []
     kept = {*accuracies, *gains}
-    columns = [c for c in TABLE_COLUMNS if c in kept or not c.endswith(("_acc", "_gain"))]
+    columns = [c for c in columns if c in kept or not c.endswith(("_acc", "_gain"))]
     files: dict[str, Path] = {}
     seed_rows = [dict(row) for row in rows]
     if len(seeds) > 1:
         title += f", seeds {', '.join(map(str, seeds))} (mean ± standard deviation)"
         seed_columns = [c for c in columns if c != "seeds"]
         seed_columns.insert(seed_columns.index("position") + 1, "seed")
-        runs_files = write_report(
-            rows, out, stem="comparison_seeds", columns=seed_columns, title=f"{title}: every seed"
-        )
+        runs_files = write_report(rows, out, stem=f"{stem}_seeds", columns=seed_columns, title=f"{title}: every seed")
         files.update({f"seeds_{k}": v for k, v in runs_files.items()})
-        rows = summarise_seeds(rows, [*accuracies, *gains])
+        rows = summarise_seeds(rows, [*accuracies, *gains], keys=keys)
         columns = [x for c in columns for x in ((c, std_column(c)) if c in kept else (c,))]
     else:
         rows = seed_rows
         columns = [c for c in columns if c != "seeds"]
-    files.update(write_report(rows, out, stem="comparison", columns=columns, title=title))
+    files.update(write_report(rows, out, stem=stem, columns=columns, title=title))
     return Tables(rows, seed_rows, columns, files, title)
 
 

@@ -1,17 +1,18 @@
 """Probe accuracy against training time, measured while a method trains.
 
-:class:`ProbeCurve` is a Lightning callback: before the first step, at the end of every
-N-th epoch and, when asked, after every S seconds of training it extracts the frozen features of a small labelled training subset and test set
-(evaluation transform, model in eval mode) and runs the kNN probe of :mod:`eval.probes.knn` on them,
-recording ``(training seconds, accuracy)``. The same probe on the same images for every
-method makes the curves of DIM, SimCLR and MoCo comparable point by point: the x axis is the
-wall-clock time a method has trained, which is the fair axis when one method needs one view
-per image and the others two. Probing by seconds gives every method points at the same times,
-also when a budget ends before the first epoch does (60,000 images and two views per image).
+:class:`ProbeCurve` is a Lightning callback: before the first step, at the end of every N-th
+epoch and, when asked, after every S seconds of training it extracts the frozen features of a
+small labelled training subset and test set (evaluation transform, model in eval mode) and runs
+the kNN probe of :mod:`eval.probes.knn` on them, recording ``(training seconds, accuracy)``.
+The same probe on the same images for every method makes the curves of DIM, SimCLR and MoCo
+comparable point by point: the x axis is the wall-clock time a method has trained, which is the
+fair axis when one method needs one view per image and the others two. Probing by seconds gives
+every method points at the same times, also when a budget ends before the first epoch does
+(60,000 images and two views per image).
 
 The time it spends probing is taken out of everything: out of the recorded seconds, out of
-:attr:`ProbeCurve.train_seconds`, and out of Lightning's wall-clock budget (``max_time``), so
-a method trained under a budget of S seconds gets S seconds of training however often it is
+:attr:`ProbeCurve.train_seconds`, and out of Lightning's wall-clock budget (``max_time``), so a
+method trained under a budget of S seconds gets S seconds of training however often it is
 probed. Validation (the online monitors) is off the recorded seconds too, as it is off the
 budget (:mod:`eval.training.budget`). Its random draws (the DataLoader's seed) happen inside
 ``torch.random.fork_rng``, so a run with the curve trains exactly as one without.

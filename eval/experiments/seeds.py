@@ -48,6 +48,7 @@ def add_gains(
     accuracy_columns: Sequence[str],
     untrained: str,
     without: Sequence[str] = (),
+    keys: Sequence[str] = (),
 ) -> list[dict[str, Any]]:
     """The rows with a gain column per accuracy column: the row's accuracy minus the untrained
     encoder's at the same position and seed.
@@ -57,16 +58,21 @@ def add_gains(
         accuracy_columns: The accuracies to compare (``knn_acc``, ``linear_acc``, ...).
         untrained: The untrained encoder's method label (its own rows get no gain).
         without: Other labels that get no gain (raw pixels: no encoder, no position to pair).
+        keys: Further columns a row and its untrained row must share (a transfer's ``target``).
 
     Rows with no untrained row to pair with (a position the untrained encoder was not probed
     at) get None.
     """
-    reference = {(row["position"], row.get("seed")): row for row in rows if row["method"] == untrained}
+
+    def pairing(row: Mapping[str, Any]) -> tuple[Any, ...]:
+        return (row["position"], row.get("seed"), *(row.get(k) for k in keys))
+
+    reference = {pairing(row): row for row in rows if row["method"] == untrained}
     out = []
     for row in rows:
         row = dict(row)
         if row["method"] != untrained and row["method"] not in without:
-            base = reference.get((row["position"], row.get("seed")))
+            base = reference.get(pairing(row))
             for column in accuracy_columns:
                 mine = _number(row.get(column))
                 theirs = _number(base.get(column)) if base is not None else None
@@ -75,22 +81,25 @@ def add_gains(
     return out
 
 
-def summarise_seeds(rows: Sequence[Mapping[str, Any]], spread_columns: Sequence[str]) -> list[dict[str, Any]]:
+def summarise_seeds(
+    rows: Sequence[Mapping[str, Any]], spread_columns: Sequence[str], keys: Sequence[str] = ()
+) -> list[dict[str, Any]]:
     """One row per (method, position), in the order first seen: numbers averaged over seeds.
 
     Args:
         rows: Per-seed rows (a ``seed`` key each; rows without one count as one seed).
         spread_columns: Columns that also get a sample standard deviation over seeds
             (``<column>_std``; None for a single seed).
+        keys: Further columns that tell rows apart (a transfer's ``source`` and ``target``).
 
     Returns:
         Rows with every numeric column averaged (missing values skipped; a value equal on every
         seed is kept as it is, an int stays an int), ``<column>_std`` for
         the spread columns, ``seeds`` (how many seeds) and the first row's other values.
     """
-    groups: dict[tuple[Any, Any], list[Mapping[str, Any]]] = {}
+    groups: dict[tuple[Any, ...], list[Mapping[str, Any]]] = {}
     for row in rows:
-        groups.setdefault((row["method"], row["position"]), []).append(row)
+        groups.setdefault((row["method"], row["position"], *(row.get(k) for k in keys)), []).append(row)
     summary = []
     for members in groups.values():
         merged: dict[str, Any] = {}

@@ -7,14 +7,18 @@
    datasets, the methods (as in ``compare``; default: the configuration's own method) and/or
    ready checkpoints, the budget, probes and positions;
 2. each method on each source: pretrained by :func:`eval.experiments.compare.train_method` into
-   ``<output folder>/<source>-<method>`` under the budget; given checkpoints are taken as they are;
+   ``<output folder>/<source>-<method>`` under the budget; given checkpoints are taken as they are
+   (a label may name several, one per seed: a comparison's ``<label>/seed-<s>`` runs);
 3. each target: every model's frozen features of the target's training and test splits, read
    *in the model's input format* (its image size and channels: Fashion-MNIST and digits are
    both 1x32x32; CIFAR-10 and STL-10 models read 3x32x32), probed with the kNN and linear
    probes (and the MLP probe when listed) trained on the target's training split; plus the
-   random-init encoder and the raw pixels of the target, probed alike;
-4. outputs: ``transfer.md/.csv/.json`` (one row per model, target and position),
-   ``embeddings-<target>.png``, ``results.json``, ``config.yaml``.
+   random-init encoder (once per seed the models were trained with, as that seed builds it)
+   and the raw pixels of the target, probed alike;
+4. outputs: ``transfer.md/.csv/.json`` (one row per model, target and position, with the gain
+   over the untrained encoder of the same seed on the same target; with several seeds the mean
+   ± standard deviation, every seed's rows in ``transfer_seeds.*``), ``embeddings-<target>.png``,
+   ``results.json``, ``config.yaml``.
 
 A row whose source is its target is the in-domain reference the transferred rows are read
 against.
@@ -34,6 +38,7 @@ from eval.errors import ConfigError, OutputInUse
 from eval.experiments.compare import (
     RANDOM_INIT,
     RAW_PIXELS,
+    TABLE_COLUMNS,
     MethodEntry,
     check_single_process,
     describe_budget,
@@ -49,9 +54,10 @@ from eval.experiments.compare import (
     set_dotted,
     train_method,
     validate_section,
+    write_tables,
 )
 from eval.experiments.plots import plot_embeddings
-from eval.experiments.report import format_markdown_table, write_report
+from eval.experiments.report import format_markdown_table
 from eval.plain import plain
 from eval.probes.suite import input_format, probe_data
 from eval.training.checkpoint import load_checkpoint
@@ -71,7 +77,7 @@ TRANSFER_DEFAULTS: dict[str, Any] = {
     "sources": None,  # datasets to pretrain on: names or {dataset, overrides}; null: [data.dataset]
     "targets": None,  # datasets to probe: names or {dataset, limit_train, limit_test}; null: the sources
     "methods": None,  # as compare.methods; null: the configuration's own method (none if checkpoints are given)
-    "checkpoints": {},  # {label: checkpoint path}: probed as they are, no pretraining
+    "checkpoints": {},  # {label: checkpoint path, or a list: one per seed}: probed as they are, no pretraining
     "budget": {"epochs": None, "seconds": None},  # per method and source; null: the trainer's settings
     "probes": ["knn", "linear"],  # any of knn, linear, mlp
     "positions": ["pool"],
@@ -87,11 +93,10 @@ TRANSFER_COLUMNS: tuple[str, ...] = (
     "source",
     "target",
     "position",
-    "knn_acc",
-    "linear_acc",
-    "mlp_acc",
+    *(c for c in TABLE_COLUMNS if c.endswith(("_acc", "_gain"))),
     "features",
     "wall_clock_s",
+    "seeds",
 )
 
 
@@ -112,7 +117,7 @@ class Transfer:
         base: The shared configuration, resolved.
         section: The ``transfer`` section, checked.
         runs: ``(label, source, resolved configuration)`` of every pretraining run.
-        checkpoints: ``{label: path}`` of the given checkpoints.
+        checkpoints: ``{label: [path, ...]}`` of the given checkpoints (several: one per seed).
         targets: The datasets probed.
         out: The output folder.
     """
@@ -120,7 +125,7 @@ class Transfer:
     base: dict[str, Any]
     section: dict[str, Any]
     runs: list[tuple[str, str, dict[str, Any]]]
-    checkpoints: dict[str, str]
+    checkpoints: dict[str, list[str]]
     targets: list[Target]
     out: Path
 
@@ -154,6 +159,24 @@ def _sources(raw: Any, default: str) -> list[tuple[str, dict[str, Any]]]:
                 f"{{dataset: NAME, overrides: {{...}}}}; got {item!r}"
             )
     return sources
+
+
+def _checkpoints(raw: Any) -> dict[str, list[str]]:
+    if not isinstance(raw or {}, Mapping):
+        raise ConfigError(f"transfer.checkpoints must be a mapping {{label: path or [path, ...]}}; got {raw!r}")
+    checkpoints = {}
+    for label, paths in (raw or {}).items():
+        paths = [paths] if isinstance(paths, (str, Path)) else paths
+        if not isinstance(paths, (list, tuple)) or not paths or not all(isinstance(p, (str, Path)) for p in paths):
+            raise ConfigError(
+                f"transfer.checkpoints.{label} must be a checkpoint path or a list of them (one per seed); "
+                f"got {paths!r}"
+            )
+        for path in paths:
+            if not Path(path).is_file():
+                raise ConfigError(f"transfer.checkpoints.{label}: {path} not found")
+        checkpoints[str(label)] = [str(p) for p in paths]
+    return checkpoints
 
 
 def _targets(raw: Any, default: Sequence[str]) -> list[Target]:
@@ -200,10 +223,7 @@ def resolve_transfer(path: str | Path, overrides: Sequence[str] = ()) -> Transfe
     probe_settings(section, int(base["seed"]), "transfer")
     out = Path(base_user["output_dir"]) if base_user.get("output_dir") else Path("runs") / f"{base['name']}-transfer"
 
-    checkpoints = {str(k): str(v) for k, v in (section["checkpoints"] or {}).items()}
-    for label, checkpoint in checkpoints.items():
-        if not Path(checkpoint).is_file():
-            raise ConfigError(f"transfer.checkpoints.{label}: {checkpoint} not found")
+    checkpoints = _checkpoints(section["checkpoints"])
     if section["methods"] is None and checkpoints:
         entries: list[MethodEntry] = []
     elif section["methods"] is None:
@@ -272,19 +292,33 @@ def run_transfer(
             f"-> {config['output_dir']}"
         )
         trained = train_method(config, label, None, no_curve, settings, overwrite, reuse, echo)
-        models.append({"label": label, "source": source, "trained": trained, "data": config["data"]})
-    for label, checkpoint in transfer.checkpoints.items():
-        saved = load_checkpoint(checkpoint)["dim_ssl"]["config"]
-        echo(f"[given] {label}: {checkpoint} ({saved['method']['name']} on {saved['data']['dataset']})")
-        summary = {"method": saved["method"]["name"], "epochs": None, "steps": None}
         models.append(
-            {
-                "label": label,
-                "source": saved["data"]["dataset"],
-                "data": saved["data"],
-                "trained": {"checkpoint": checkpoint, "summary": summary},
-            }
+            {"label": label, "source": source, "trained": trained, "data": config["data"], "seed": int(config["seed"])}
         )
+    for label, paths in transfer.checkpoints.items():
+        seeds_seen: set[int] = set()
+        for checkpoint in paths:
+            saved = load_checkpoint(checkpoint)["dim_ssl"]["config"]
+            seed = int(saved["seed"])
+            if seed in seeds_seen:
+                raise ConfigError(
+                    f"transfer.checkpoints.{label}: two checkpoints trained with seed {seed}; give one per seed"
+                )
+            seeds_seen.add(seed)
+            echo(
+                f"[given] {label}: {checkpoint} ({saved['method']['name']} on {saved['data']['dataset']}, seed {seed})"
+            )
+            summary = {"method": saved["method"]["name"], "epochs": None, "steps": None}
+            models.append(
+                {
+                    "label": label,
+                    "source": saved["data"]["dataset"],
+                    "data": saved["data"],
+                    "seed": seed,
+                    "trained": {"checkpoint": checkpoint, "summary": summary},
+                }
+            )
+    seeds = sorted({m["seed"] for m in models})
 
     # ---- each target --------------------------------------------------------------------------
     rows: list[dict[str, Any]] = []
@@ -310,26 +344,33 @@ def run_transfer(
                 )
             return loaded[image_format]
 
-        embeddings: dict[str, Any] = {}
+        embeddings: dict[str, Any] = {}  # the first seed's
         for model in models:
             data = data_for(input_format(model["data"]))  # the model's input format
             name = f"{model['label']} ({model['source']})"
-            extra = {"source": model["source"], "target": target.dataset}
+            shown = name if len(seeds) == 1 else f"{name}, seed {model['seed']}"
+            extra = {"source": model["source"], "target": target.dataset, "seed": model["seed"]}
             model_rows, test_features = method_rows(
-                name, model["trained"], data, section["positions"], settings, cache_dir, echo, extra
+                shown, model["trained"], data, section["positions"], settings, cache_dir, echo, extra
             )
             for row in model_rows:
                 row["method"] = model["label"]
             rows += model_rows
-            if test_features:
+            if test_features and name not in embeddings:
                 embeddings[name] = test_features.get("pool", next(iter(test_features.values())))
         data = data_for(input_format(base["data"]))
-        if section["random_init"]:
+        for seed in seeds if section["random_init"] else ():
             init_rows, test_features = random_init_rows(
-                base, data, section["positions"], settings, cache_dir, echo, {"source": None, "target": target.dataset}
+                {**base, "seed": seed},
+                data,
+                section["positions"],
+                settings,
+                cache_dir,
+                echo,
+                {"source": None, "target": target.dataset, "seed": seed},
             )
             rows += init_rows
-            if test_features:
+            if test_features and RANDOM_INIT not in embeddings:
                 embeddings[RANDOM_INIT] = test_features.get("pool", next(iter(test_features.values())))
         if section["raw_pixels"]:
             pixel_rows_, test_pixels = pixel_rows(data, settings, echo, {"source": None, "target": target.dataset})
@@ -350,9 +391,20 @@ def run_transfer(
     columns = settings.table_columns(TRANSFER_COLUMNS)
     sources = sorted({m["source"] for m in models})
     title = f"transfer from {', '.join(sources)} to {', '.join(t.dataset for t in transfer.targets)}"
-    files.update(write_report(rows, out, stem="transfer", columns=columns, title=title))
+    tables = write_tables(
+        rows, out, settings.columns, seeds, title, stem="transfer", columns=columns, keys=("source", "target")
+    )
+    files.update(tables.files)
+    rows, columns = tables.rows, tables.columns
     seconds = time.monotonic() - began
-    result = {"title": title, "rows": rows, "seconds": seconds, "files": {k: str(v) for k, v in files.items()}}
+    result = {
+        "title": tables.title,
+        "rows": rows,
+        "seed_rows": tables.seed_rows,
+        "seeds": seeds,
+        "seconds": seconds,
+        "files": {k: str(v) for k, v in files.items()},
+    }
     (out / "results.json").write_text(json.dumps(plain(result, finite=True), indent=2, allow_nan=False) + "\n")
     files["results"] = out / "results.json"
     result["files"] = {k: str(v) for k, v in files.items()}
