@@ -73,6 +73,22 @@ def test_the_recipe_search_reads_only_the_training_split():
     assert {c["method"]["name"] for c in comparison.configs} == {"dim"}
 
 
+def test_the_race_recipe_search_gives_every_method_four_candidates_on_the_validation_split():
+    from collections import Counter
+
+    comparison = resolve_comparison("configs/search_race_fmnist.yaml")
+    kinds = Counter(
+        (c["method"]["name"], c["method"].get("head", {}).get("alpha") if c["method"]["name"] == "dim" else None)
+        for c in comparison.configs
+    )
+    # DIM(L) (alpha 0), DIM(G) (alpha 1), MV-DIM, SimCLR, MoCo, BYOL, SimCLR+DIM: four each
+    assert len(kinds) == 7 and set(kinds.values()) == {4}
+    assert all(c["data"]["holdout"] == 10_000 for c in comparison.configs)
+    assert {c["trainer"]["max_time_s"] for c in comparison.configs} == {180.0}
+    recipes = [{k: v for k, v in c.items() if k not in ("name", "output_dir")} for c in comparison.configs]
+    assert len({json.dumps(r, sort_keys=True, default=str) for r in recipes}) == 28  # no candidate twice
+
+
 def test_quickstart_serves_both_pretrain_and_compare():
     config = resolve_config(QUICKSTART)  # what `dim-ssl pretrain configs/quickstart.yaml` resolves
     assert "compare" not in config and config["method"]["name"] == "dim"
