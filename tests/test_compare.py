@@ -376,3 +376,22 @@ def test_the_curve_can_probe_by_training_time_within_an_epoch(tmp_path):
     assert [p["step"] for p in points] == [0, 1, 2, 3]  # 96 images in batches of 32: three steps, one epoch
     assert [p["epoch"] for p in points] == [0, 0, 0, 1]  # the last batch ends the epoch
     assert all(a["seconds"] < b["seconds"] for a, b in zip(points, points[1:]))
+
+
+def test_two_labels_that_train_the_same_model_are_refused(tmp_path):
+    # The trap: switching method.name starts from an empty method section, so a head override
+    # that equals the new method's default leaves the two entries identical.
+    config = write_config(
+        tmp_path / "twins.yaml",
+        """
+name: twins
+encoder: {name: test_resnet}
+method: {name: dim, head: {estimator: infonce}}
+compare:
+  methods:
+    - {label: MV-DIM, overrides: {method.name: mvdim}}
+    - {label: MV-DIM-jsd, overrides: {method.name: mvdim, method.head.estimator: jsd}}
+""",
+    )
+    with pytest.raises(ConfigError, match="'MV-DIM' and 'MV-DIM-jsd' resolve to the same configuration"):
+        resolve_comparison(config)

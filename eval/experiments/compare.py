@@ -520,7 +520,24 @@ def resolve_comparison(
             check_single_process(config, "compare")
             per_seed.append(config)
         seed_configs.append(per_seed)
+    _refuse_twins(methods, [per_seed[0] for per_seed in seed_configs])
     return Comparison(base, section, methods, out, seeds, seed_configs)
+
+
+def _refuse_twins(methods: Sequence[MethodEntry], configs: Sequence[Mapping[str, Any]]) -> None:
+    """Two labels that train the same thing: a mistake in the overrides, not a comparison."""
+
+    seen: dict[str, str] = {}
+    for entry, config in zip(methods, configs):
+        recipe = dump_config({k: v for k, v in config.items() if k not in ("name", "output_dir")})
+        if recipe in seen:
+            raise ConfigError(
+                f"compare.methods: {seen[recipe]!r} and {entry.label!r} resolve to the same configuration, so they "
+                "would train the same model twice. An entry that switches method.name starts from an empty method "
+                "section: name every method key it needs (e.g. method.head.estimator), and list several positions "
+                "on one entry rather than repeating it"
+            )
+        seen[recipe] = entry.label
 
 
 def check_seeds(seeds: Any, default: int) -> list[int]:
