@@ -89,6 +89,35 @@ def test_the_race_recipe_search_gives_every_method_four_candidates_on_the_valida
     assert len({json.dumps(r, sort_keys=True, default=str) for r in recipes}) == 28  # no candidate twice
 
 
+# The race's methods and the search candidates they were chosen from (docs/evaluation.md).
+RACE_RECIPES = {
+    "DIM(L)": "DIM(L)-jsd-none",
+    "DIM(G)": "DIM(G)-jsd-none",
+    "MV-DIM": "MV-DIM-infonce-1e-4",
+    "SimCLR+DIM": "SimCLR+DIM-0.06-0.08",
+    "SimCLR": "SimCLR-0.06-0.4",
+    "MoCo": "MoCo-0.06-0.2",
+    "BYOL": "BYOL-0.06-0.4",
+}
+
+
+def test_the_race_trains_each_method_with_the_recipe_its_search_chose():
+    race = resolve_comparison("configs/compare_fmnist.yaml")
+    search = resolve_comparison("configs/search_race_fmnist.yaml")
+    chosen = dict(zip([m.label for m in search.methods], search.configs))
+    assert [m.label for m in race.methods] == list(RACE_RECIPES)
+    for entry, config in zip(race.methods, race.configs):
+        candidate = chosen[RACE_RECIPES[entry.label]]
+        for section in ("method", "optimizer", "encoder"):
+            assert config[section] == candidate[section], (entry.label, section)
+        # The same data and transform; only the split (all 60,000 vs 50,000 + validation) differs.
+        assert {k: v for k, v in config["data"].items() if k != "holdout"} == {
+            k: v for k, v in candidate["data"].items() if k != "holdout"
+        }
+        assert config["data"]["holdout"] is None and candidate["data"]["holdout"] == 10_000
+    assert race.seeds == [0, 1, 2]
+
+
 def test_quickstart_serves_both_pretrain_and_compare():
     config = resolve_config(QUICKSTART)  # what `dim-ssl pretrain configs/quickstart.yaml` resolves
     assert "compare" not in config and config["method"]["name"] == "dim"
