@@ -285,7 +285,7 @@ def test_baseline_rows_are_their_own_numbers(tiny_comparison):
         assert baseline(rows[(label, "pool")]) != baseline(pixels)
 
 
-def test_a_second_run_refuses_the_folder_then_reuses_the_finished_methods(tiny_comparison):
+def test_a_second_run_refuses_the_folder_then_reuses_the_finished_methods(tiny_comparison, monkeypatch):
     out, _ = tiny_comparison
     from eval.cli import main
 
@@ -303,6 +303,19 @@ def test_a_second_run_refuses_the_folder_then_reuses_the_finished_methods(tiny_c
     assert result["methods"]["DIM(L)"]["reused"] and not result["methods"]["MoCo"]["reused"]
     assert {row["method"] for row in result["rows"]} == ALL_ROWS
     assert all("linear_acc" not in row or row["linear_acc"] is None for row in result["rows"])
+
+    # Continued once more, unchanged: every run reused and every probe read back from the
+    # cache (a --reuse of a long race re-probes nothing), with the same numbers.
+    import eval.probes.suite as suite
+
+    probed = []
+    real_probe = suite._probe
+    monkeypatch.setattr(suite, "_probe", lambda *args: probed.append(args) or real_probe(*args))
+    again = run_comparison(comparison, reuse=True, echo=lambda line: None)
+    assert probed == []
+    assert all(m["reused"] for m in again["methods"].values())
+    accuracies = itemgetter("method", "position", "knn_acc")
+    assert sorted(map(accuracies, again["rows"])) == sorted(map(accuracies, result["rows"]))
 
 
 def test_seeds_run_every_method_per_seed_and_report_mean_std_and_the_paired_gain(tmp_path):

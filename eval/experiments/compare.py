@@ -677,7 +677,7 @@ def method_rows(
         "steps": summary.get("steps"),
         "method_name": summary.get("method"),
     }
-    rows = probe_rows(label, features, chosen, settings, echo, {**training, **dict(extra or {})})
+    rows = probe_rows(label, features, chosen, settings, echo, {**training, **dict(extra or {})}, cache_dir)
     return rows, {p: features[p][1] for p in chosen}
 
 
@@ -688,11 +688,13 @@ def probe_rows(
     settings: Any,
     echo: Callable[[str], None],
     columns: Mapping[str, Any],
+    cache_dir: Path | None = None,
 ) -> list[dict[str, Any]]:
-    """One table row per position: the probes' accuracies on its features, and ``columns``."""
+    """One table row per position: the probes' accuracies on its features, and ``columns``
+    (with ``cache_dir``, results already probed there are read back, not probed again)."""
     rows = []
     for position in positions:
-        result = run_probes(*features[position], settings)
+        result = run_probes(*features[position], settings, cache_dir=cache_dir)
         echo(f"  {label} @ {position}: {format_accuracies(result)}")
         rows.append(
             {
@@ -735,17 +737,21 @@ def random_init_rows(
         "steps": 0,
         "method_name": None,
     }
-    rows = probe_rows(RANDOM_INIT, features, chosen, settings, echo, {**untrained, **dict(extra or {})})
+    rows = probe_rows(RANDOM_INIT, features, chosen, settings, echo, {**untrained, **dict(extra or {})}, cache_dir)
     return rows, {p: features[p][1] for p in chosen}
 
 
 def pixel_rows(
-    data: Any, settings: Any, echo: Callable[[str], None], extra: Mapping[str, Any] | None = None
+    data: Any,
+    settings: Any,
+    echo: Callable[[str], None],
+    extra: Mapping[str, Any] | None = None,
+    cache_dir: Path | None = None,
 ) -> tuple[list[dict[str, Any]], Any]:
     """The raw-pixel row and its test features."""
 
     features = pixel_features(data)
-    result = run_probes(*features, settings)
+    result = run_probes(*features, settings, cache_dir=cache_dir)
     echo(f"  {RAW_PIXELS}: {format_accuracies(result)}")
     row = {
         "method": RAW_PIXELS,
@@ -961,7 +967,7 @@ def run_comparison(
                 embeddings[RANDOM_INIT] = test_features.get("pool", next(iter(test_features.values())))
     if section["raw_pixels"]:
         echo(f"[baselines] {RAW_PIXELS}: the normalised {data.channels}x{data.image_size}x{data.image_size} inputs")
-        pixel_rows_, test_pixels = pixel_rows(data, settings, echo)
+        pixel_rows_, test_pixels = pixel_rows(data, settings, echo, cache_dir=cache_dir)
         rows += pixel_rows_
         embeddings[RAW_PIXELS] = test_pixels
 

@@ -373,7 +373,9 @@ def run_transfer(
             if test_features and RANDOM_INIT not in embeddings:
                 embeddings[RANDOM_INIT] = test_features.get("pool", next(iter(test_features.values())))
         if section["raw_pixels"]:
-            pixel_rows_, test_pixels = pixel_rows(data, settings, echo, {"source": None, "target": target.dataset})
+            pixel_rows_, test_pixels = pixel_rows(
+                data, settings, echo, {"source": None, "target": target.dataset}, cache_dir
+            )
             rows += pixel_rows_
             embeddings[RAW_PIXELS] = test_pixels
         if embeddings:

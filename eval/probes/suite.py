@@ -25,6 +25,8 @@ Example::
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -295,8 +297,22 @@ def pixel_features(data: ProbeData, progress: bool = True) -> tuple[FeatureArray
     return raw_pixel_features(data.train, progress=progress), raw_pixel_features(data.test, progress=progress)
 
 
-def run_probes(train: FeatureArrays, test: FeatureArrays, settings: ProbeSettings) -> dict[str, Any]:
+#: Bump when a probe's code changes what it returns: cached results of older code are not read.
+PROBE_CACHE_VERSION = 1
+
+
+def run_probes(
+    train: FeatureArrays,
+    test: FeatureArrays,
+    settings: ProbeSettings,
+    cache_dir: str | os.PathLike | None = None,
+) -> dict[str, Any]:
     """Top-1 test accuracy of each probe of ``settings``, trained on ``train``.
+
+    With ``cache_dir`` the result is kept on disk under a digest of the features' bytes and the
+    settings, and read back when the same probes meet the same features again: a comparison
+    continued with ``--reuse`` re-probes nothing it has probed (a linear probe of 10,000 x 4,096
+    features takes minutes on one thread).
 
     Returns:
         ``{"knn_acc": ..., "linear_acc": ..., "mlp_acc": ...}`` (the probes asked for), plus
@@ -304,8 +320,29 @@ def run_probes(train: FeatureArrays, test: FeatureArrays, settings: ProbeSetting
         ``mlp_epoch``, the epoch the MLP probe chose on it.
     """
     (train_x, train_y), (test_x, test_y) = train, test
+    path = None if cache_dir is None else _probe_cache_path(cache_dir, (train_x, train_y, test_x, test_y), settings)
+    if path is not None and path.is_file():
+        try:
+            return json.loads(path.read_text())
+        except (OSError, ValueError):
+            pass  # a damaged entry (an interrupted write): probe again and replace it
     with probe_threads(len(train_x) + len(test_x)):
-        return _probe(train_x, train_y, test_x, test_y, settings)
+        result = _probe(train_x, train_y, test_x, test_y, settings)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_suffix(".partial")
+        partial.write_text(json.dumps(result))
+        partial.replace(path)  # atomic: a reader sees the whole entry or none
+    return result
+
+
+def _probe_cache_path(cache_dir: str | os.PathLike, arrays: Sequence[Any], settings: ProbeSettings) -> Path:
+    digest = hashlib.sha256(f"v{PROBE_CACHE_VERSION}|{settings!r}".encode())
+    for array in arrays:
+        array = np.ascontiguousarray(array)
+        digest.update(f"|{array.dtype.str}{array.shape}|".encode())
+        digest.update(array.data)
+    return Path(cache_dir) / f"probes-{digest.hexdigest()[:24]}.json"
 
 
 def _probe(train_x: Any, train_y: Any, test_x: Any, test_y: Any, settings: ProbeSettings) -> dict[str, Any]:
