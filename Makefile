@@ -9,8 +9,9 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
 	# torch first, pinned: these wheels come from the machine's disk; a newer torch downloads gigabytes.
-	$(BIN)/pip install -q torch==2.14.1 torchvision==0.29.1
-	$(BIN)/pip install -q -e ".[dev]"
+	# The venv takes about 6 GB (torch's CUDA build); no pip cache, so nothing is stored twice.
+	$(BIN)/pip install -q --no-cache-dir torch==2.14.1 torchvision==0.29.1
+	$(BIN)/pip install -q --no-cache-dir -e ".[dev]"
 	touch $(STAMP)
 
 test: $(STAMP)
