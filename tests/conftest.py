@@ -2,6 +2,7 @@
 
 import os
 
+import pytest
 import torch
 from threadpoolctl import threadpool_limits
 
@@ -12,3 +13,15 @@ from threadpoolctl import threadpool_limits
 _THREADS = int(os.environ.get("DIM_SSL_TEST_THREADS", "1"))
 torch.set_num_threads(_THREADS)
 threadpool_limits(_THREADS)
+
+
+@pytest.fixture
+def probe_calls(monkeypatch: pytest.MonkeyPatch) -> list[tuple]:
+    """Records every probe that really runs (a probe read back from the cache is not recorded):
+    ``eval.probes.suite._probe`` wrapped for the test, the list of its argument tuples returned."""
+    import eval.probes.suite as suite
+
+    calls: list[tuple] = []
+    real = suite._probe
+    monkeypatch.setattr(suite, "_probe", lambda *args: calls.append(args) or real(*args))
+    return calls

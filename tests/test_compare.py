@@ -285,7 +285,7 @@ def test_baseline_rows_are_their_own_numbers(tiny_comparison):
         assert baseline(rows[(label, "pool")]) != baseline(pixels)
 
 
-def test_a_second_run_refuses_the_folder_then_reuses_the_finished_methods(tiny_comparison, monkeypatch):
+def test_a_second_run_refuses_the_folder_then_reuses_the_finished_methods(tiny_comparison, probe_calls):
     out, _ = tiny_comparison
     from eval.cli import main
 
@@ -306,13 +306,9 @@ def test_a_second_run_refuses_the_folder_then_reuses_the_finished_methods(tiny_c
 
     # Continued once more, unchanged: every run reused and every probe read back from the
     # cache (a --reuse of a long race re-probes nothing), with the same numbers.
-    import eval.probes.suite as suite
-
-    probed = []
-    real_probe = suite._probe
-    monkeypatch.setattr(suite, "_probe", lambda *args: probed.append(args) or real_probe(*args))
+    probe_calls.clear()
     again = run_comparison(comparison, reuse=True, echo=lambda line: None)
-    assert probed == []
+    assert probe_calls == []
     assert all(m["reused"] for m in again["methods"].values())
     accuracies = itemgetter("method", "position", "knn_acc")
     assert sorted(map(accuracies, again["rows"])) == sorted(map(accuracies, result["rows"]))

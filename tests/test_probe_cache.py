@@ -6,7 +6,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-import eval.probes.suite as suite
 from eval.probes.suite import ProbeSettings, run_probes
 
 
@@ -21,26 +20,18 @@ def splits():
     return (train_x, train_y), (test_x, test_y)
 
 
-@pytest.fixture
-def counted(monkeypatch):
-    calls = []
-    real = suite._probe
-    monkeypatch.setattr(suite, "_probe", lambda *args: calls.append(args) or real(*args))
-    return calls
-
-
-def test_a_cached_result_is_read_back_without_probing(splits, counted, tmp_path):
+def test_a_cached_result_is_read_back_without_probing(splits, probe_calls, tmp_path):
     settings = ProbeSettings(("knn", "linear"), knn_k=5)
     first = run_probes(*splits, settings, cache_dir=tmp_path)
-    assert len(counted) == 1 and len(list(tmp_path.glob("probes-*.json"))) == 1
+    assert len(probe_calls) == 1 and len(list(tmp_path.glob("probes-*.json"))) == 1
     assert run_probes(*splits, settings, cache_dir=tmp_path) == first
-    assert len(counted) == 1
+    assert len(probe_calls) == 1
     # Without a cache folder the probes always run, and agree with the cached result.
     assert run_probes(*splits, settings) == first
-    assert len(counted) == 2
+    assert len(probe_calls) == 2
 
 
-def test_changed_features_labels_or_settings_are_probed_again(splits, counted, tmp_path):
+def test_changed_features_labels_or_settings_are_probed_again(splits, probe_calls, tmp_path):
     (train_x, train_y), test = splits
     settings = ProbeSettings(("knn",), knn_k=5)
     run_probes((train_x, train_y), test, settings, cache_dir=tmp_path)
@@ -50,16 +41,16 @@ def test_changed_features_labels_or_settings_are_probed_again(splits, counted, t
     run_probes((train_x, np.roll(train_y, 1)), test, settings, cache_dir=tmp_path)
     run_probes((train_x, train_y), test, ProbeSettings(("knn",), knn_k=6), cache_dir=tmp_path)
     run_probes((train_x.astype(np.float64), train_y), test, settings, cache_dir=tmp_path)
-    assert len(counted) == 5
+    assert len(probe_calls) == 5
     assert len(list(tmp_path.glob("probes-*.json"))) == 5
 
 
-def test_a_damaged_entry_is_probed_again_and_replaced(splits, counted, tmp_path):
+def test_a_damaged_entry_is_probed_again_and_replaced(splits, probe_calls, tmp_path):
     settings = ProbeSettings(("knn",), knn_k=5)
     first = run_probes(*splits, settings, cache_dir=tmp_path)
     (entry,) = tmp_path.glob("probes-*.json")
     entry.write_text('{"knn_acc": 0.')  # cut short, as by an interrupted write
     assert run_probes(*splits, settings, cache_dir=tmp_path) == first
-    assert len(counted) == 2
+    assert len(probe_calls) == 2
     assert run_probes(*splits, settings, cache_dir=tmp_path) == first
-    assert len(counted) == 2
+    assert len(probe_calls) == 2

@@ -791,6 +791,7 @@ def write_tables(
     stem: str = "comparison",
     columns: Sequence[str] = TABLE_COLUMNS,
     keys: Sequence[str] = (),
+    pair_by: Sequence[str] = (),
 ) -> Tables:
     """The comparison's tables from its rows (one per method, position and seed).
 
@@ -804,7 +805,10 @@ def write_tables(
         stem: The files' name (``comparison``; a transfer's ``transfer``).
         columns: The table's columns, gains and ``seeds`` included (those not used are left out).
         keys: Further columns that tell rows apart besides method and position (a transfer's
-            ``source`` and ``target``); the last one also pairs a row with its untrained row.
+            ``source`` and ``target``).
+        pair_by: Columns besides position (and seed) that a trained row shares with the
+            untrained row its gain is measured against (a transfer's ``target``: the untrained
+            encoder has no source, and is probed on each target).
 
     Returns:
         :class:`Tables`.
@@ -812,7 +816,7 @@ def write_tables(
     accuracies = [c for c in columns if c in accuracies]
     with_gains = any(row["method"] == RANDOM_INIT for row in rows)
     if with_gains:
-        rows = add_gains(rows, accuracies, untrained=RANDOM_INIT, without=(RAW_PIXELS,), keys=tuple(keys)[-1:])
+        rows = add_gains(rows, accuracies, untrained=RANDOM_INIT, without=(RAW_PIXELS,), keys=tuple(pair_by))
     gains = [gain_column(c) for c in accuracies] if with_gains else []
     kept = {*accuracies, *gains}
     columns = [c for c in columns if c in kept or not c.endswith(("_acc", "_gain"))]

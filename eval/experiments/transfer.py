@@ -394,7 +394,15 @@ def run_transfer(
     sources = sorted({m["source"] for m in models})
     title = f"transfer from {', '.join(sources)} to {', '.join(t.dataset for t in transfer.targets)}"
     tables = write_tables(
-        rows, out, settings.columns, seeds, title, stem="transfer", columns=columns, keys=("source", "target")
+        rows,
+        out,
+        settings.columns,
+        seeds,
+        title,
+        stem="transfer",
+        columns=columns,
+        keys=("source", "target"),
+        pair_by=("target",),
     )
     files.update(tables.files)
     rows, columns = tables.rows, tables.columns
