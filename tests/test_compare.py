@@ -118,6 +118,21 @@ def test_the_race_trains_each_method_with_the_recipe_its_search_chose():
     assert race.seeds == [0, 1, 2]
 
 
+def test_the_digits_transfer_pretrains_each_method_with_the_race_recipe():
+    # configs/transfer_paper_digits.yaml repeats the race's method list (a config cannot include
+    # another); this keeps the copy from drifting.
+    from eval.experiments.transfer import resolve_transfer
+
+    race = resolve_comparison("configs/compare_fmnist.yaml")
+    transfer = resolve_transfer("configs/transfer_paper_digits.yaml")
+    assert [label for label, _, _ in transfer.runs] == [m.label for m in race.methods]
+    for (label, source, config), recipe in zip(transfer.runs, race.configs):
+        assert source == "digits"
+        for section in ("method", "optimizer", "encoder"):
+            assert config[section] == recipe[section], (label, section)
+        assert (config["data"]["crop"], config["data"]["flip"]) == (recipe["data"]["crop"], recipe["data"]["flip"])
+
+
 def test_quickstart_serves_both_pretrain_and_compare():
     config = resolve_config(QUICKSTART)  # what `dim-ssl pretrain configs/quickstart.yaml` resolves
     assert "compare" not in config and config["method"]["name"] == "dim"
