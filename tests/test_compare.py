@@ -133,6 +133,19 @@ def test_the_digits_transfer_pretrains_each_method_with_the_race_recipe():
         assert (config["data"]["crop"], config["data"]["flip"]) == (recipe["data"]["crop"], recipe["data"]["flip"])
 
 
+def test_the_full_protocol_probe_reads_every_race_model_on_all_of_fashion_mnist():
+    # Read as plain YAML: resolving checks that the checkpoints exist, and CI has no race runs.
+    race = resolve_comparison("configs/compare_fmnist.yaml")
+    full = yaml.safe_load(open("configs/probe_race_full.yaml"))["transfer"]
+    digits = yaml.safe_load(open("configs/transfer_paper.yaml"))["transfer"]
+    assert sorted(full["checkpoints"]) == sorted(m.label for m in race.methods)
+    assert full["checkpoints"] == digits["checkpoints"]  # the same models as the digits transfer
+    for paths in full["checkpoints"].values():
+        assert [p.split("/")[-3] for p in paths] == [f"seed-{s}" for s in race.seeds]
+    assert full["targets"] == ["fashion-mnist"]  # no limit_train: all 60,000 training images
+    assert full["positions"] == ["pool"] and full["random_init"] and full["raw_pixels"]
+
+
 def test_quickstart_serves_both_pretrain_and_compare():
     config = resolve_config(QUICKSTART)  # what `dim-ssl pretrain configs/quickstart.yaml` resolves
     assert "compare" not in config and config["method"]["name"] == "dim"
