@@ -144,6 +144,11 @@ def test_the_full_protocol_probe_reads_every_race_model_on_all_of_fashion_mnist(
         assert [p.split("/")[-3] for p in paths] == [f"seed-{s}" for s in race.seeds]
     assert full["targets"] == ["fashion-mnist"]  # no limit_train: all 60,000 training images
     assert full["positions"] == ["pool"] and full["random_init"] and full["raw_pixels"]
+    # The linear probe on 60,000 images runs on seed 0 of the two leaders: the same files.
+    linear = yaml.safe_load(open("configs/probe_race_full_linear.yaml"))
+    assert linear["seed"] == 0 and linear["transfer"]["targets"] == ["fashion-mnist"]
+    for label, paths in linear["transfer"]["checkpoints"].items():
+        assert paths == full["checkpoints"][label][:1]
 
 
 def test_quickstart_serves_both_pretrain_and_compare():
