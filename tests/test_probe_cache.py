@@ -54,3 +54,28 @@ def test_a_damaged_entry_is_probed_again_and_replaced(splits, probe_calls, tmp_p
     assert len(probe_calls) == 2
     assert run_probes(*splits, settings, cache_dir=tmp_path) == first
     assert len(probe_calls) == 2
+
+
+def test_a_linear_l2_grid_is_the_probes_choice_and_keys_its_own_entry(splits, probe_calls, tmp_path):
+    from eval.probes.linear import linear_probe
+
+    default = run_probes(*splits, ProbeSettings(("linear",)), cache_dir=tmp_path)
+    strong = run_probes(*splits, ProbeSettings(("linear",), linear_l2_grid=[1e-1]), cache_dir=tmp_path)
+    weak = run_probes(*splits, ProbeSettings(("linear",), linear_l2_grid=[1e-3]), cache_dir=tmp_path)
+    assert len(probe_calls) == 3 and len(list(tmp_path.glob("probes-*.json"))) == 3
+    # A one-value grid is used as it is (nothing held out), as linear_probe itself does.
+    assert strong["linear_l2"] == 1e-1 and weak["linear_l2"] == 1e-3
+    assert weak["linear_acc"] == linear_probe(*splits[0], *splits[1], l2_grid=[1e-3]).accuracy
+    assert default["linear_l2"] in (1e-1, 1e-2, 1e-3, 1e-4, 1e-5, 1e-6)
+    assert run_probes(*splits, ProbeSettings(("linear",), linear_l2_grid=(0.001,)), cache_dir=tmp_path) == weak
+    assert len(probe_calls) == 3
+
+
+@pytest.mark.parametrize("grid", [[], [0.0], [1e-2, -1.0], ["strong"]])
+def test_a_bad_linear_l2_grid_is_refused_in_a_config(grid):
+    from eval.errors import ConfigError
+    from eval.experiments.compare import probe_settings
+
+    section = {"probes": ["linear"], "knn_k": 200, "knn_temperature": 0.1, "linear_l2_grid": grid}
+    with pytest.raises(ConfigError, match="compare: linear_l2_grid must be a list of one or more weight decays"):
+        probe_settings(section, 0, "compare")

@@ -115,6 +115,7 @@ COMPARE_DEFAULTS: dict[str, Any] = {
     "positions": ["pool"],  # probed for every method that has them (pool: all; DIM: conv, fc, y)
     "knn_k": 200,
     "knn_temperature": 0.1,
+    "linear_l2_grid": None,  # the linear probe's weight decays; null: 1e-1 ... 1e-6 (eval.probes.linear)
     "seeds": None,  # [0, 1, 2]: every method and the untrained encoder once per seed, mean ± std; null: `seed`
     "random_init": True,  # the untrained encoder's row (and each row's gain over it at the same position)
     "raw_pixels": True,  # the flattened input images' row
@@ -410,7 +411,13 @@ def validate_section(
 def probe_settings(section: Mapping[str, Any], seed: int, where: str):
 
     try:
-        return ProbeSettings(tuple(section["probes"]), section["knn_k"], section["knn_temperature"], seed)
+        return ProbeSettings(
+            tuple(section["probes"]),
+            section["knn_k"],
+            section["knn_temperature"],
+            seed,
+            linear_l2_grid=section.get("linear_l2_grid"),
+        )
     except ValueError as err:
         raise ConfigError(f"{where}: {err}") from None
 

@@ -83,6 +83,7 @@ TRANSFER_DEFAULTS: dict[str, Any] = {
     "positions": ["pool"],
     "knn_k": 200,
     "knn_temperature": 0.1,
+    "linear_l2_grid": None,  # the linear probe's weight decays; null: 1e-1 ... 1e-6 (eval.probes.linear)
     "random_init": True,
     "raw_pixels": True,
     "embedding": {"method": "pca", "max_points": 2000},
