@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from eval.probes.knn import check_probe_inputs
 from eval.probes.progress import Progress
 
-__all__ = ["linear_probe", "linear_probe_accuracy", "LinearProbeResult", "DEFAULT_L2_GRID"]
+__all__ = ["linear_probe", "linear_probe_accuracy", "check_l2_grid", "LinearProbeResult", "DEFAULT_L2_GRID"]
 
 # Weight decays tried on the held-out split, from strong to weak regularisation. They span
 # scikit-learn's default (C = 1, i.e. l2 = 1 / N) for training sets of 10 to 10^6 samples.
@@ -115,7 +115,7 @@ def linear_probe(
             ``max_iter < 1``.
     """
     train_x, train_y, test_x, test_y = check_probe_inputs(train_x, train_y, test_x, test_y)
-    grid = _check_grid(l2_grid)
+    grid = check_l2_grid(l2_grid)
     if not _is_real(val_fraction) or not 0.0 < val_fraction < 1.0:
         raise ValueError(f"val_fraction must be a number in (0, 1); got {val_fraction!r}")
     if isinstance(max_iter, bool) or not isinstance(max_iter, (int, np.integer)) or max_iter < 1:
@@ -249,7 +249,12 @@ def _stratified_split(labels: np.ndarray, val_fraction: float, seed: int) -> tup
     return np.sort(np.concatenate(fit)), np.sort(np.concatenate(val))
 
 
-def _check_grid(l2_grid: Sequence[float]) -> list[float]:
+def check_l2_grid(l2_grid: Sequence[float]) -> list[float]:
+    """``l2_grid`` as floats, strong to weak, without repeats.
+
+    Raises:
+        ValueError: Not a sequence of numbers, empty, or a value that is not finite and > 0.
+    """
     try:
         grid = [float(v) for v in l2_grid]
     except (TypeError, ValueError) as err:

@@ -40,7 +40,7 @@ from torch.utils.data import Dataset
 from eval.data import HOLDOUT_SPLIT, dataset_spec, load_dataset
 from eval.probes.features import FeatureArrays, extract_features, feature_cache_key, raw_pixel_features
 from eval.probes.knn import knn_accuracy
-from eval.probes.linear import DEFAULT_L2_GRID, linear_probe
+from eval.probes.linear import DEFAULT_L2_GRID, check_l2_grid, linear_probe
 from eval.probes.mlp import mlp_probe
 
 __all__ = [
@@ -128,14 +128,12 @@ class ProbeSettings:
         object.__setattr__(self, "probes", probes)
         if self.linear_l2_grid is not None:
             try:
-                grid = tuple(float(v) for v in self.linear_l2_grid)
-            except (TypeError, ValueError):
-                grid = ()
-            if not grid or not all(np.isfinite(v) and v > 0 for v in grid):
+                grid = tuple(check_l2_grid(self.linear_l2_grid))
+            except ValueError:
                 raise ValueError(
                     f"linear_l2_grid must be a list of one or more weight decays > 0 (or null for the default "
                     f"{list(DEFAULT_L2_GRID)}); got {self.linear_l2_grid!r}"
-                )
+                ) from None
             object.__setattr__(self, "linear_l2_grid", grid)
         unknown = [p for p in probes if p not in PROBES]
         if not probes or unknown or len(set(probes)) != len(probes):
