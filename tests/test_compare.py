@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 from operator import itemgetter
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -435,6 +436,89 @@ def test_merge_joins_parts_into_the_table_one_comparison_would_write(tmp_path):
     # Parts that cannot share a table are refused with a reason, through the command line.
     assert main(["merge", str(tmp_path / "bad"), str(part_a), str(part_a)]) == 2
     assert main(["merge", str(tmp_path / "bad"), str(part_a), str(tmp_path / "nothing")]) == 2
+
+
+def _moved_run(run: Path, saved_name: str = "") -> None:
+    """A run copied from a several-seed comparison into ``run``, as a one-seed comparison names it."""
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    saved.update(name=saved["name"].removesuffix(saved_name), output_dir=str(run))
+    (run / "config.yaml").write_text(yaml.safe_dump(saved))
+
+
+def test_merge_joins_parts_that_split_the_seeds(tmp_path):
+    # seed 0 in one process, seed 1 in another, of the same methods: one table over both seeds.
+    import shutil
+
+    from eval.cli import main
+    from eval.experiments.compare import run_comparison
+    from eval.experiments.merge import merge_comparisons
+
+    common = [*TINY_COMPARE, "compare.probes=[knn]", "compare.curve.every_n_epochs=0"]
+    whole = tmp_path / "whole"
+    run_comparison(
+        resolve_comparison(
+            QUICKSTART, [*common, "compare.seeds=[0,1]", f"output_dir={whole}"], only=["DIM(L)", "MoCo"]
+        ),
+        echo=lambda _: None,
+    )
+    # The parts reuse the whole's trained runs (copied where a one-seed comparison keeps them).
+    parts = {0: tmp_path / "seed0", 1: tmp_path / "seed1"}
+    lines: list[str] = []
+    for seed, part in parts.items():
+        for label in ("dim-l", "moco"):
+            shutil.copytree(whole / label / f"seed-{seed}", part / label)
+            _moved_run(part / label, saved_name=f"-seed{seed}")
+        baselines = [] if seed == 0 else ["compare.raw_pixels=false"]  # the pixels do not depend on the seed
+        run_comparison(
+            resolve_comparison(
+                QUICKSTART,
+                [*common, f"compare.seeds=[{seed}]", f"output_dir={part}", *baselines],
+                only=["DIM(L)", "MoCo"],
+            ),
+            reuse=True,
+            echo=lines.append,
+        )
+    assert sum("reusing the finished run" in line for line in lines) == 4, "\n".join(lines)
+    result = merge_comparisons(tmp_path / "merged", [parts[0], parts[1]], echo=lambda _: None)
+
+    def table(folder, stem="comparison"):
+        rows = json.loads((folder / f"{stem}.json").read_text())
+        return {(r["method"], r["position"], r.get("seed")): r for r in rows}
+
+    expected, merged = table(whole), table(tmp_path / "merged")
+    assert list(merged) == list(expected)
+    for key, row in expected.items():
+        for column in ("knn_acc", "knn_acc_std", "knn_gain", "knn_gain_std", "seeds"):
+            assert merged[key].get(column) == pytest.approx(row.get(column)), (key, column)
+    assert merged[("DIM(L)", "pool", None)]["seeds"] == 2
+    assert set(table(tmp_path / "merged", "comparison_seeds")) == set(table(whole, "comparison_seeds"))
+    assert result["seeds"] == [0, 1]
+
+    # A method's seed in two parts, a method without every seed, and parts probed with other
+    # settings are refused, each with its reason.
+    with pytest.raises(ConfigError, match=r"'DIM\(L\)' \(seed 0\) is in both"):
+        merge_comparisons(tmp_path / "bad", [parts[0], whole])
+    only_dim = tmp_path / "dim-only"
+    shutil.copytree(parts[1] / "dim-l", only_dim / "dim-l")
+    _moved_run(only_dim / "dim-l")
+    run_comparison(
+        resolve_comparison(
+            QUICKSTART,
+            [*common, "compare.seeds=[1]", f"output_dir={only_dim}", "compare.raw_pixels=false"],
+            only=["DIM(L)"],
+        ),
+        reuse=True,
+        echo=lambda _: None,
+    )
+    with pytest.raises(ConfigError, match=r"'MoCo' has seeds \[0\] but the parts together ran seeds \[0, 1\]"):
+        merge_comparisons(tmp_path / "bad", [parts[0], only_dim])
+    other_k = tmp_path / "other-k"
+    shutil.copytree(parts[1], other_k)
+    saved = yaml.safe_load((other_k / "config.yaml").read_text())
+    (other_k / "config.yaml").write_text(yaml.safe_dump({**saved, "compare": {**saved["compare"], "knn_k": 7}}))
+    with pytest.raises(ConfigError, match=r"probed with other settings .*\(knn_k\)"):
+        merge_comparisons(tmp_path / "bad", [parts[0], other_k])
+    assert main(["merge", str(tmp_path / "bad"), str(parts[0]), str(other_k)]) == 2
 
 
 def test_the_curve_can_probe_by_training_time_within_an_epoch(tmp_path):
