@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import pytorch_lightning as pl
+import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 QUICKSTART = str(ROOT / "configs" / "quickstart.yaml")
@@ -92,3 +93,12 @@ def quiet_trainer(tmp_path: Path | None = None, **kwargs: Any) -> pl.Trainer:
         default_root_dir=tmp_path,
         **kwargs,
     )
+
+
+def copy_finished_run(run: Path, to: Path) -> None:
+    """A finished run of a several-seed comparison (or transfer), copied to where a one-seed run of
+    the same method writes, renamed as that run names it: ``--reuse`` there keeps it."""
+    shutil.copytree(run, to)
+    saved = yaml.safe_load((to / "config.yaml").read_text())
+    saved.update(name=saved["name"].removesuffix(f"-seed{saved['seed']}"), output_dir=str(to))
+    (to / "config.yaml").write_text(yaml.safe_dump(saved))

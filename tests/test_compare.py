@@ -5,13 +5,12 @@ from __future__ import annotations
 import csv
 import json
 from operator import itemgetter
-from pathlib import Path
 
 import numpy as np
 import pytest
 import pytorch_lightning as pl
 import yaml
-from pretrain_helpers import QUICKSTART, run_cli
+from pretrain_helpers import QUICKSTART, copy_finished_run, run_cli
 
 from eval.errors import ConfigError
 from eval.experiments.compare import DEFAULT_METHODS, resolve_comparison
@@ -438,13 +437,6 @@ def test_merge_joins_parts_into_the_table_one_comparison_would_write(tmp_path):
     assert main(["merge", str(tmp_path / "bad"), str(part_a), str(tmp_path / "nothing")]) == 2
 
 
-def _moved_run(run: Path, saved_name: str = "") -> None:
-    """A run copied from a several-seed comparison into ``run``, as a one-seed comparison names it."""
-    saved = yaml.safe_load((run / "config.yaml").read_text())
-    saved.update(name=saved["name"].removesuffix(saved_name), output_dir=str(run))
-    (run / "config.yaml").write_text(yaml.safe_dump(saved))
-
-
 def test_merge_joins_parts_that_split_the_seeds(tmp_path):
     # seed 0 in one process, seed 1 in another, of the same methods: one table over both seeds.
     import shutil
@@ -466,8 +458,7 @@ def test_merge_joins_parts_that_split_the_seeds(tmp_path):
     lines: list[str] = []
     for seed, part in parts.items():
         for label in ("dim-l", "moco"):
-            shutil.copytree(whole / label / f"seed-{seed}", part / label)
-            _moved_run(part / label, saved_name=f"-seed{seed}")
+            copy_finished_run(whole / label / f"seed-{seed}", part / label)
         baselines = [] if seed == 0 else ["compare.raw_pixels=false"]  # the pixels do not depend on the seed
         run_comparison(
             resolve_comparison(
@@ -499,8 +490,7 @@ def test_merge_joins_parts_that_split_the_seeds(tmp_path):
     with pytest.raises(ConfigError, match=r"'DIM\(L\)' \(seed 0\) is in both"):
         merge_comparisons(tmp_path / "bad", [parts[0], whole])
     only_dim = tmp_path / "dim-only"
-    shutil.copytree(parts[1] / "dim-l", only_dim / "dim-l")
-    _moved_run(only_dim / "dim-l")
+    copy_finished_run(parts[1] / "dim-l", only_dim / "dim-l")
     run_comparison(
         resolve_comparison(
             QUICKSTART,

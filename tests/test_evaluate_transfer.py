@@ -157,3 +157,49 @@ def test_transfer_takes_one_checkpoint_per_seed_and_pairs_each_with_its_seeds_un
     config = _transfer_config(tmp_path / "twice.yaml", "[digits]", twice)
     assert main(["transfer", config, f"output_dir={tmp_path / 'twice'}"]) == 2
     assert "two checkpoints trained with seed 0" in capsys.readouterr().err
+
+
+def test_transfer_seeds_pretrain_once_per_seed_and_parts_merge_into_the_whole(tmp_path, capsys):
+    import shutil
+
+    from pretrain_helpers import copy_finished_run
+
+    config = _transfer_config(tmp_path / "t.yaml", "[digits]", "  probes: [knn]")
+    whole = tmp_path / "whole"
+    assert main(["transfer", config, "transfer.seeds=[0,1]", f"output_dir={whole}"]) == 0
+    for seed in (0, 1):  # each seed its own run, trained with that seed
+        assert yaml.safe_load((whole / "digits-dim" / f"seed-{seed}" / "config.yaml").read_text())["seed"] == seed
+    per_seed = {(r["method"], r["seed"]) for r in json.loads((whole / "transfer_seeds.json").read_text())}
+    assert {("dim", 0), ("dim", 1), ("random init", 0), ("random init", 1)} <= per_seed
+
+    # The same transfer as one part per seed (reusing the whole's runs), merged.
+    parts = [tmp_path / "seed0", tmp_path / "seed1"]
+    for seed, part in enumerate(parts):
+        copy_finished_run(whole / "digits-dim" / f"seed-{seed}", part / "digits-dim")
+        pixels = [] if seed == 0 else ["transfer.raw_pixels=false"]
+        args = ["transfer", config, f"transfer.seeds=[{seed}]", *pixels, f"output_dir={part}", "--reuse"]
+        assert main(args) == 0
+        assert "reusing the finished run" in capsys.readouterr().out
+    merged = tmp_path / "merged"
+    assert main(["merge", str(merged), *map(str, parts)]) == 0
+
+    def table(folder):
+        return {
+            (r["method"], r["target"], r["position"]): r for r in json.loads((folder / "transfer.json").read_text())
+        }
+
+    expected = table(whole)
+    assert list(table(merged)) == list(expected)
+    for key, row in table(merged).items():
+        for column in ("knn_acc", "knn_acc_std", "knn_gain", "knn_gain_std", "seeds"):
+            assert row.get(column) == pytest.approx(expected[key].get(column)), (key, column)
+
+    # A part that is another transfer (here: another kNN k) is refused, with the setting named.
+    other = tmp_path / "other-k"
+    shutil.copytree(parts[1], other)
+    saved = yaml.safe_load((other / "config.yaml").read_text())
+    (other / "config.yaml").write_text(yaml.safe_dump({**saved, "transfer": {**saved["transfer"], "knn_k": 7}}))
+    capsys.readouterr()
+    assert main(["merge", str(tmp_path / "bad"), str(parts[0]), str(other)]) == 2
+    err = capsys.readouterr().err
+    assert "is not the transfer of" in err and "transfer.knn_k: 10 -> 7" in err

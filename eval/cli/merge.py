@@ -1,7 +1,8 @@
-"""``dim-ssl merge OUT PART [PART ...]``: one table from a comparison run in parts.
+"""``dim-ssl merge OUT PART [PART ...]``: one table from a comparison (or a transfer) run in parts.
 
 See :mod:`eval.experiments.merge`: the parts' rows in one table, the gain over the untrained
-encoder whichever part probed it, mean ± standard deviation over seeds, one curve plot.
+encoder whichever part probed it, mean ± standard deviation over seeds, one curve plot (for
+comparisons). Parts may split the methods, the seeds, or both.
 """
 
 from __future__ import annotations
@@ -10,13 +11,16 @@ import argparse
 
 from eval.cli.guard import run_guarded
 from eval.cli.output import print_table
-from eval.experiments.merge import merge_comparisons
+from eval.experiments.merge import merge_parts
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("out", help="output folder of the merged table, e.g. runs/race")
     parser.add_argument(
-        "parts", nargs="+", metavar="PART", help="output folders of dim-ssl compare runs, e.g. runs/race-a runs/race-b"
+        "parts",
+        nargs="+",
+        metavar="PART",
+        help="output folders of dim-ssl compare runs (or of dim-ssl transfer runs), e.g. runs/race-a runs/race-b",
     )
 
 
@@ -24,7 +28,7 @@ def run(args: argparse.Namespace) -> int:
     outcome = run_guarded(
         "merge",
         lambda: (args.out, args.parts),
-        lambda job: merge_comparisons(*job),
+        lambda job: merge_parts(*job),
         [args.out, *args.parts],
     )
     if isinstance(outcome, int):

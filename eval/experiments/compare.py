@@ -547,8 +547,8 @@ def _refuse_twins(methods: Sequence[MethodEntry], configs: Sequence[Mapping[str,
         seen[recipe] = entry.label
 
 
-def check_seeds(seeds: Any, default: int) -> list[int]:
-    """``compare.seeds`` as a list of distinct ints; null: the configuration's own seed."""
+def check_seeds(seeds: Any, default: int, key: str = "compare.seeds") -> list[int]:
+    """``compare.seeds`` (or ``key``) as a list of distinct ints; null: the configuration's own seed."""
     if seeds is None:
         return [default]
     if (
@@ -556,11 +556,9 @@ def check_seeds(seeds: Any, default: int) -> list[int]:
         or not seeds
         or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds)
     ):
-        raise ConfigError(
-            f"compare.seeds must be a list of whole numbers >= 0, e.g. [0, 1, 2] (or null); got {seeds!r}"
-        )
+        raise ConfigError(f"{key} must be a list of whole numbers >= 0, e.g. [0, 1, 2] (or null); got {seeds!r}")
     if len(set(seeds)) != len(seeds):
-        raise ConfigError(f"compare.seeds has a seed twice: {list(seeds)}; give each seed once")
+        raise ConfigError(f"{key} has a seed twice: {list(seeds)}; give each seed once")
     return list(seeds)
 
 

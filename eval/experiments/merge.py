@@ -1,4 +1,4 @@
-"""One table from comparisons run in parts: ``dim-ssl merge OUT PART [PART ...]``.
+"""One table from comparisons (or transfers) run in parts: ``dim-ssl merge OUT PART [PART ...]``.
 
 A long comparison is often run as parts in separate processes (``dim-ssl compare CONFIG
 output_dir=runs/race-a --methods "DIM(L),MV-DIM"`` beside ``... output_dir=runs/race-b
@@ -16,6 +16,11 @@ The parts must agree on what makes their numbers comparable (dataset, encoder, b
 the probes: their settings and the seed that fixes them); a baseline row (untrained encoder
 of one seed, raw pixels) found in several parts is kept once, and a method's seed found in two
 parts is refused.
+
+:func:`merge_transfers` does the same for ``dim-ssl transfer`` runs that split the seeds
+(``transfer.seeds=[1]`` beside ``[2]``): the parts must be the same transfer in every other
+setting, and the merged ``transfer.*`` tables are those one run of all the seeds writes.
+:func:`merge_parts` (the command) tells the two kinds apart by the files a part holds.
 """
 
 from __future__ import annotations
@@ -28,11 +33,13 @@ from typing import Any, Callable, Sequence
 import yaml
 
 from eval.errors import ConfigError
-from eval.experiments.compare import RANDOM_INIT, RAW_PIXELS, write_curves, write_tables
+from eval.experiments.compare import RANDOM_INIT, RAW_PIXELS, probe_settings, write_curves, write_tables
 from eval.experiments.report import format_markdown_table
+from eval.experiments.transfer import TRANSFER_COLUMNS
 from eval.plain import plain
+from eval.training.config import flatten
 
-__all__ = ["merge_comparisons"]
+__all__ = ["merge_comparisons", "merge_parts", "merge_transfers"]
 
 # What the parts must share for their rows to sit in one table.
 _SHARED = ("dataset", "encoder", "budget")
@@ -79,6 +86,26 @@ def _seed_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
     return [{**row, "seed": row.get("seed", None if row["method"] == RAW_PIXELS else only)} for row in rows]
 
 
+def _folders(parts: Sequence[str | Path]) -> list[Path]:
+    folders = [Path(p) for p in parts]
+    if len(folders) < 2:
+        raise ConfigError("dim-ssl merge needs two or more comparison (or transfer) folders to merge")
+    twice = [str(f) for i, f in enumerate(folders) if f.resolve() in {g.resolve() for g in folders[:i]}]
+    if twice:
+        raise ConfigError(f"{', '.join(twice)} given twice: name each part once")
+    return folders
+
+
+def merge_parts(out: str | Path, parts: Sequence[str | Path], echo: Callable[[str], None] = print) -> dict[str, Any]:
+    """:func:`merge_transfers` when every part is a transfer run, else :func:`merge_comparisons`."""
+    folders = _folders(parts)
+    transfers = [(f / "transfer.json").is_file() for f in folders]
+    if any(transfers) and not all(transfers):
+        shown = ", ".join(str(f) for f, t in zip(folders, transfers) if t)
+        raise ConfigError(f"{shown} hold transfer runs, the other parts comparisons: merge each kind on its own")
+    return (merge_transfers if all(transfers) else merge_comparisons)(out, folders, echo)
+
+
 def merge_comparisons(
     out: str | Path, parts: Sequence[str | Path], echo: Callable[[str], None] = print
 ) -> dict[str, Any]:
@@ -90,12 +117,7 @@ def merge_comparisons(
             the untrained encoder) without every seed of the merged table.
     """
     began = time.monotonic()
-    folders = [Path(p) for p in parts]
-    if len(folders) < 2:
-        raise ConfigError("dim-ssl merge needs two or more comparison folders to merge")
-    twice = [str(f) for i, f in enumerate(folders) if f.resolve() in {g.resolve() for g in folders[:i]}]
-    if twice:
-        raise ConfigError(f"{', '.join(twice)} given twice: name each part once")
+    folders = _folders(parts)
     results = [_read_part(f) for f in folders]
     first = results[0]
     for folder, result in zip(folders[1:], results[1:]):
@@ -179,17 +201,130 @@ def _before(seed: Any, other: Any) -> bool:
     return seed is not None and (other is None or seed < other)
 
 
-def _check_every_seed(rows: Sequence[dict[str, Any]], seeds: Sequence[Any]) -> None:
-    """Every method, and the untrained encoder, has a row for every seed of the merged table."""
-    held: dict[str, set[Any]] = {}
+def _check_every_seed(
+    rows: Sequence[dict[str, Any]], seeds: Sequence[Any], keys: Sequence[str] = (), key: str = "compare.seeds"
+) -> None:
+    """Every method (per ``keys``: a transfer's source and target), and the untrained encoder,
+    has a row for every seed of the merged table."""
+    held: dict[tuple[Any, ...], set[Any]] = {}
     for row in rows:
         if row["method"] != RAW_PIXELS:
-            held.setdefault(row["method"], set()).add(row["seed"])
-    for label, have in held.items():
+            held.setdefault((row["method"], *(row.get(k) for k in keys)), set()).add(row["seed"])
+    for (label, *where), have in held.items():
         missing = [s for s in seeds if s not in have]
         if missing:
+            shown = "".join(f", {k} {w}" for k, w in zip(keys, where) if w is not None)
             raise ConfigError(
-                f"{label!r} has seeds {sorted(s for s in have if s is not None)} but the parts together ran seeds "
-                f"{list(seeds)}: merge it with a part that ran its seeds {missing} (compare.seeds=[...]), "
+                f"{label!r}{shown} has seeds {sorted(s for s in have if s is not None)} but the parts together ran "
+                f"seeds {list(seeds)}: merge it with a part that ran its seeds {missing} ({key}=[...]), "
                 "or leave out the parts of the extra seeds"
             )
+
+
+# --------------------------------------------------------------------------------------------
+# Transfers
+
+# What transfer parts may differ in: where they write, their seeds, and which part probes the baselines.
+_TRANSFER_FREE = ("output_dir", "transfer.seeds", "transfer.random_init", "transfer.raw_pixels")
+
+
+def _transfer_config(folder: Path) -> dict[str, Any]:
+    path = folder / "config.yaml"
+    try:
+        config = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as err:
+        raise ConfigError(f"{path} cannot be read ({err}): run that part's dim-ssl transfer again") from None
+    if not isinstance(config, dict) or not isinstance(config.get("transfer"), dict):
+        raise ConfigError(f"{path} is not a dim-ssl transfer configuration: run that part's dim-ssl transfer again")
+    return config
+
+
+def merge_transfers(
+    out: str | Path, parts: Sequence[str | Path], echo: Callable[[str], None] = print
+) -> dict[str, Any]:
+    """Writes the merged ``transfer.*`` tables (and ``transfer_seeds.*``) and ``results.json`` to ``out``.
+
+    Raises:
+        ConfigError: Fewer than two parts, a part without results, parts that are not the same
+            transfer but for their seeds, a method's seed in two parts, or a method (or the
+            untrained encoder) without every seed of the merged table.
+    """
+    began = time.monotonic()
+    folders = _folders(parts)
+    results = [_read_part(f) for f in folders]
+    configs = [_transfer_config(f) for f in folders]
+
+    def differences(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
+        # A key that an older run's config.yaml lacks is one it ran at its default, null.
+        flat_a, flat_b = flatten(a), flatten(b)
+        keys = [k for k in dict.fromkeys([*flat_a, *flat_b]) if k not in _TRANSFER_FREE]
+        return [f"{k}: {flat_a.get(k)!r} -> {flat_b.get(k)!r}" for k in keys if flat_a.get(k) != flat_b.get(k)]
+
+    for folder, config in zip(folders[1:], configs[1:]):
+        differ = differences(configs[0], config)
+        if differ:
+            raise ConfigError(
+                f"{folder} is not the transfer of {folders[0]} with other seeds ({'; '.join(differ[:3])}): "
+                f"only parts that differ in {', '.join(_TRANSFER_FREE)} merge into one table"
+            )
+
+    rows: list[dict[str, Any]] = []
+    seen_baselines: set[tuple[Any, ...]] = set()
+    owner: dict[tuple[Any, ...], Path] = {}
+    accuracies: list[str] = []
+    for folder, result in zip(folders, results):
+        for row in result.get("seed_rows") or result["rows"]:
+            label = row["method"]
+            if label in (RANDOM_INIT, RAW_PIXELS):
+                key = (label, row["position"], row["target"], row.get("seed"))
+                if key in seen_baselines:
+                    continue
+                seen_baselines.add(key)
+            else:
+                key = (label, row["source"], row.get("seed"))
+                if owner.setdefault(key, folder) != folder:
+                    raise ConfigError(
+                        f"the method {label!r} on {row['source']} (seed {row.get('seed')}) is in both {owner[key]} "
+                        f"and {folder}: merge each method's seed once"
+                    )
+            rows.append({k: v for k, v in row.items() if not k.endswith(("_gain", "_std")) and k != "seeds"})
+            accuracies += [c for c in row if c.endswith("_acc") and row[c] is not None and c not in accuracies]
+
+    seeds = sorted({row["seed"] for row in rows if row.get("seed") is not None})
+    _check_every_seed(rows, seeds, keys=("source", "target"), key="transfer.seeds")
+    targets = list(dict.fromkeys(row["target"] for row in rows))
+    # As one transfer lists them: per target, the trained models, then the baselines.
+    rows.sort(key=lambda row: (targets.index(row["target"]), row["method"] in (RANDOM_INIT, RAW_PIXELS)))
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    section = configs[0]["transfer"]
+    settings = probe_settings(section, int(configs[0]["seed"]), "transfer")
+    sources = sorted({row["source"] for row in rows if row.get("source") is not None})
+    title = f"transfer from {', '.join(sources)} to {', '.join(targets)}"
+    tables = write_tables(
+        rows,
+        out,
+        accuracies,
+        seeds,
+        title,
+        stem="transfer",
+        columns=settings.table_columns(TRANSFER_COLUMNS),
+        keys=("source", "target"),
+        pair_by=("target",),
+    )
+    merged = {
+        "title": tables.title,
+        "rows": tables.rows,
+        "seed_rows": tables.seed_rows,
+        "seeds": seeds,
+        "merged_from": [str(f) for f in folders],
+        "seconds": time.monotonic() - began,
+    }
+    (out / "results.json").write_text(json.dumps(plain(merged, finite=True), indent=2, allow_nan=False) + "\n")
+    files = {**tables.files, "results": out / "results.json"}
+    echo(f"merged {', '.join(map(str, folders))} into {out}")
+    return {
+        **merged,
+        "files": {k: str(v) for k, v in files.items()},
+        "table": format_markdown_table(tables.rows, tables.columns),
+    }

@@ -7,8 +7,10 @@
    datasets, the methods (as in ``compare``; default: the configuration's own method) and/or
    ready checkpoints, the budget, probes and positions;
 2. each method on each source: pretrained by :func:`eval.experiments.compare.train_method` into
-   ``<output folder>/<source>-<method>`` under the budget; given checkpoints are taken as they are
-   (a label may name several, one per seed: a comparison's ``<label>/seed-<s>`` runs);
+   ``<output folder>/<source>-<method>`` under the budget, once per seed of ``transfer.seeds``
+   (with several, into ``<source>-<method>/seed-<s>``; the probes keep the configuration's own
+   ``seed``, so parts run with different seeds merge: ``dim-ssl merge``); given checkpoints are
+   taken as they are (a label may name several, one per seed: a comparison's ``<label>/seed-<s>`` runs);
 3. each target: every model's frozen features of the target's training and test splits, read
    *in the model's input format* (its image size and channels: Fashion-MNIST and digits are
    both 1x32x32; CIFAR-10 and STL-10 models read 3x32x32), probed with the kNN and linear
@@ -40,6 +42,7 @@ from eval.experiments.compare import (
     RAW_PIXELS,
     TABLE_COLUMNS,
     MethodEntry,
+    check_seeds,
     check_single_process,
     describe_budget,
     folder_name,
@@ -79,6 +82,7 @@ TRANSFER_DEFAULTS: dict[str, Any] = {
     "methods": None,  # as compare.methods; null: the configuration's own method (none if checkpoints are given)
     "checkpoints": {},  # {label: checkpoint path, or a list: one per seed}: probed as they are, no pretraining
     "budget": {"epochs": None, "seconds": None},  # per method and source; null: the trainer's settings
+    "seeds": None,  # [0, 1, 2]: each method pretrained once per seed, mean ± std; null: `seed`
     "probes": ["knn", "linear"],  # any of knn, linear, mlp
     "positions": ["pool"],
     "knn_k": 200,
@@ -231,6 +235,7 @@ def resolve_transfer(path: str | Path, overrides: Sequence[str] = ()) -> Transfe
         entries = [MethodEntry(str(base["method"]["name"]), {})]
     else:
         entries = parse_methods(section["methods"], "transfer.methods")
+    seeds = check_seeds(section["seeds"], int(base["seed"]), "transfer.seeds")
     sources = _sources(section["sources"], base["data"]["dataset"])
     targets = _targets(section["targets"], [s for s, _ in sources] if entries else [base["data"]["dataset"]])
     for name in [s for s, _ in sources] + [t.dataset for t in targets]:
@@ -240,22 +245,25 @@ def resolve_transfer(path: str | Path, overrides: Sequence[str] = ()) -> Transfe
             raise ConfigError(f"transfer: {err}") from None
 
     runs = []
+    several = len(seeds) > 1
     for source, source_overrides in sources:
         for index, entry in enumerate(entries):
             where = f"transfer.methods[{index}]"
-            user = method_user_config(base_user, entry, section["budget"], where)
-            set_dotted(user, "data.dataset", source, f"transfer.sources ({source})")
-            for key, value in source_overrides.items():
-                set_dotted(user, key, value, f"transfer.sources ({source})")
-            folder = f"{folder_name(source)}-{entry.slug}"
-            user["name"] = f"{base['name']}-{folder}"
-            user["output_dir"] = str(out / folder)
-            try:
-                config = resolve_config(None, base=user)
-            except ConfigError as err:
-                raise ConfigError(f"{where} ({entry.label}) on {source}: {err}") from None
-            check_single_process(config, "transfer")
-            runs.append((entry.label, source, config))
+            for seed in seeds:
+                user = method_user_config(base_user, entry, section["budget"], where)
+                set_dotted(user, "data.dataset", source, f"transfer.sources ({source})")
+                for key, value in source_overrides.items():
+                    set_dotted(user, key, value, f"transfer.sources ({source})")
+                folder = f"{folder_name(source)}-{entry.slug}"
+                user["seed"] = seed
+                user["name"] = f"{base['name']}-{folder}" + (f"-seed{seed}" if several else "")
+                user["output_dir"] = str(out / folder / (f"seed-{seed}" if several else ""))
+                try:
+                    config = resolve_config(None, base=user)
+                except ConfigError as err:
+                    raise ConfigError(f"{where} ({entry.label}) on {source}: {err}") from None
+                check_single_process(config, "transfer")
+                runs.append((entry.label, source, config))
     if not runs and not checkpoints:
         raise ConfigError("transfer: nothing to probe: give transfer.methods (or leave it out) or transfer.checkpoints")
     return Transfer(base, section, runs, checkpoints, targets, out)
