@@ -134,28 +134,10 @@ def merge_comparisons(
                 "their accuracies are not comparable; probe the parts alike (the same seed and compare.* probe keys)"
             )
 
-    rows: list[dict[str, Any]] = []
-    seen_baselines: set[tuple[Any, ...]] = set()
-    owner: dict[tuple[str, Any], Path] = {}
+    rows, accuracies = _collect_rows(folders, [_seed_rows(r) for r in results], baseline=("position",))
     curves: dict[str, tuple[Any, Any]] = {}  # label -> (seed, points): the plots show a method's first seed
-    accuracies: list[str] = []
-    for folder, result in zip(folders, results):
+    for result in results:
         part_seeds = result["seeds"] or [None]
-        for row in _seed_rows(result):
-            label = row["method"]
-            if label in (RANDOM_INIT, RAW_PIXELS):
-                key = (label, row["position"], row["seed"])
-                if key in seen_baselines:
-                    continue
-                seen_baselines.add(key)
-            elif owner.setdefault((label, row["seed"]), folder) != folder:
-                seed = "" if row["seed"] is None else f" (seed {row['seed']})"
-                raise ConfigError(
-                    f"the method {label!r}{seed} is in both {owner[(label, row['seed'])]} and {folder}: "
-                    "merge each method's seed once"
-                )
-            rows.append({k: v for k, v in row.items() if not k.endswith(("_gain", "_std")) and k != "seeds"})
-            accuracies += [c for c in row if c.endswith("_acc") and row[c] is not None and c not in accuracies]
         for label, points in result.get("curves", {}).items():
             if points and (label not in curves or _before(part_seeds[0], curves[label][0])):
                 curves[label] = (part_seeds[0], points)
@@ -195,6 +177,45 @@ def merge_comparisons(
         "files": {k: str(v) for k, v in files.items()},
         "table": format_markdown_table(tables.rows, tables.columns),
     }
+
+
+def _collect_rows(
+    folders: Sequence[Path],
+    part_rows: Sequence[Sequence[dict[str, Any]]],
+    baseline: Sequence[str],
+    trained: Sequence[str] = (),
+) -> tuple[list[dict[str, Any]], list[str]]:
+    """The parts' rows as one list (without their gains and spreads, which the merge recomputes)
+    and the accuracy columns they fill.
+
+    A baseline row (untrained encoder, raw pixels) is the same in every part that probed it with
+    the same ``baseline`` keys and seed, so it is kept once; a trained row is one method's seed
+    (per ``trained`` keys: a transfer's source) and may come from one part only.
+    """
+    rows: list[dict[str, Any]] = []
+    accuracies: list[str] = []
+    seen_baselines: set[tuple[Any, ...]] = set()
+    owner: dict[tuple[Any, ...], Path] = {}
+    for folder, part in zip(folders, part_rows):
+        for row in part:
+            label, seed = row["method"], row.get("seed")
+            if label in (RANDOM_INIT, RAW_PIXELS):
+                key = (label, *(row[k] for k in baseline), seed)
+                if key in seen_baselines:
+                    continue
+                seen_baselines.add(key)
+            else:
+                key = (label, *(row[k] for k in trained), seed)
+                if owner.setdefault(key, folder) != folder:
+                    where = "".join(f" on {row[k]}" for k in trained)
+                    shown = "" if seed is None else f" (seed {seed})"
+                    raise ConfigError(
+                        f"the method {label!r}{where}{shown} is in both {owner[key]} and {folder}: "
+                        "merge each method's seed once"
+                    )
+            rows.append({k: v for k, v in row.items() if not k.endswith(("_gain", "_std")) and k != "seeds"})
+            accuracies += [c for c in row if c.endswith("_acc") and row[c] is not None and c not in accuracies]
+    return rows, accuracies
 
 
 def _before(seed: Any, other: Any) -> bool:
@@ -268,28 +289,8 @@ def merge_transfers(
                 f"only parts that differ in {', '.join(_TRANSFER_FREE)} merge into one table"
             )
 
-    rows: list[dict[str, Any]] = []
-    seen_baselines: set[tuple[Any, ...]] = set()
-    owner: dict[tuple[Any, ...], Path] = {}
-    accuracies: list[str] = []
-    for folder, result in zip(folders, results):
-        for row in result.get("seed_rows") or result["rows"]:
-            label = row["method"]
-            if label in (RANDOM_INIT, RAW_PIXELS):
-                key = (label, row["position"], row["target"], row.get("seed"))
-                if key in seen_baselines:
-                    continue
-                seen_baselines.add(key)
-            else:
-                key = (label, row["source"], row.get("seed"))
-                if owner.setdefault(key, folder) != folder:
-                    raise ConfigError(
-                        f"the method {label!r} on {row['source']} (seed {row.get('seed')}) is in both {owner[key]} "
-                        f"and {folder}: merge each method's seed once"
-                    )
-            rows.append({k: v for k, v in row.items() if not k.endswith(("_gain", "_std")) and k != "seeds"})
-            accuracies += [c for c in row if c.endswith("_acc") and row[c] is not None and c not in accuracies]
-
+    part_rows = [result.get("seed_rows") or result["rows"] for result in results]
+    rows, accuracies = _collect_rows(folders, part_rows, baseline=("position", "target"), trained=("source",))
     seeds = sorted({row["seed"] for row in rows if row.get("seed") is not None})
     _check_every_seed(rows, seeds, keys=("source", "target"), key="transfer.seeds")
     targets = list(dict.fromkeys(row["target"] for row in rows))
